@@ -1,0 +1,88 @@
+"""Checks of what the user gave us, made before any training starts."""
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+
+class InputError(ValueError):
+    """Bad input: a one-line message that names the key, the value or the file."""
+
+
+def check_config(cfg: DictConfig, reference: DictConfig) -> None:
+    """Refuse keys that the config files do not define (also ones added with `+`, unless they name a
+    parameter of the group's `_target_`), values of the wrong type, and values out of range.
+
+    Args:
+        cfg: the composed config of this run.
+        reference: the same config groups composed without the command line's value overrides.
+    """
+    _check_keys(OmegaConf.to_container(cfg, resolve=False), OmegaConf.to_container(reference, resolve=False), "")
+    for key, (ok, meaning) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not ok(value):
+            raise InputError(f"{key}={value} is out of range: it must be {meaning}")
+
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n_clusters": (lambda v: v >= 2, "at least 2"),
+    "model.latent_dim": (lambda v: v >= 1, "at least 1"),
+    "pretrain.epochs": (lambda v: v >= 0, "0 or more"),
+    "pretrain.batch_size": (lambda v: v >= 1, "at least 1"),
+    "pretrain.optimizer.lr": (lambda v: v > 0, "positive"),
+    "init.n_init": (lambda v: v >= 1, "at least 1"),
+    "refine.batch_size": (lambda v: v >= 1, "at least 1"),
+    "refine.optimizer.lr": (lambda v: v > 0, "positive"),
+    "refine.gamma": (lambda v: v >= 0, "0 or more"),
+    "refine.alpha": (lambda v: v > 0, "positive"),
+    "refine.update_interval": (lambda v: v >= 1, "at least 1"),
+    "refine.tol": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1"),
+    "refine.max_iters": (lambda v: v >= 1, "at least 1"),
+}
+
+
+def _check_keys(value: Any, ref: Any, path: str) -> None:
+    if isinstance(ref, dict):
+        if not isinstance(value, dict):
+            raise InputError(f"{path}={value!r}: expected a group of settings, not a single value")
+        for key in value:
+            if key not in ref and _is_parameter(ref.get("_target_"), key):
+                continue
+            if key not in ref:
+                where = f"'{path}'" if path else "the top level"
+                known = ", ".join(sorted(str(k) for k in ref)) or "none"
+                raise InputError(f"unknown config key '{_join(path, key)}' (known keys under {where}: {known})")
+            _check_keys(value[key], ref[key], _join(path, key))
+    elif isinstance(ref, list):
+        if not isinstance(value, list):
+            raise InputError(f"{path}={value!r}: expected a list")
+    elif ref is not None and not _same_type(value, ref):
+        raise InputError(f"{path}={value!r}: expected {type(ref).__name__}, got {type(value).__name__}")
+
+
+def _is_parameter(target: Any, key: str) -> bool:
+    """Whether `key` is a named parameter of the callable `target` names."""
+    if not isinstance(target, str):
+        return False
+    try:
+        params = inspect.signature(get_object(target)).parameters
+    except (ImportError, ValueError, TypeError):
+        return False
+    return key in params and params[key].kind in (params[key].POSITIONAL_OR_KEYWORD, params[key].KEYWORD_ONLY)
+
+
+def _same_type(value: Any, ref: Any) -> bool:
+    if isinstance(value, str) and value.startswith("${"):  # an interpolation: checked when resolved
+        return True
+    if isinstance(ref, bool) or isinstance(value, bool):
+        return type(value) is type(ref)
+    if isinstance(ref, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(ref))
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)

@@ -1,0 +1,295 @@
+"""Data sets as one in-memory tensor of images, and the Lightning DataModule that draws batches from it.
+
+Every loader returns an `ImageSet`: images as (N, C, H, W) float32 in [0, 1], the labels where they
+are known, and the source file of each image where there is one. Batches are drawn by index, so
+the refinement stage can look up P by sample id, and data sets that fit in device memory live on
+the device as one tensor (no worker processes, no per-sample Python).
+"""
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from deep_clustering.config import InputError
+
+SPLITS = ("train", "test", "all")
+
+
+@dataclass
+class ImageSet:
+    images: Tensor  # (N, C, H, W) float32 in [0, 1]
+    labels: Tensor | None = None  # (N,) int64 true classes; None where unknown
+    files: list[str] | None = None  # (N,) source file of each image; None for arrays (the index names it)
+    skipped: list[str] = field(default_factory=list)  # bad files left out, with the reason
+    _on_device: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[2:])
+
+    def on(self, device: torch.device) -> Tensor:
+        """The images on `device`, copied there once."""
+        device = torch.device(device)
+        if device not in self._on_device:
+            self._on_device[device] = self.images.to(device)
+        return self._on_device[device]
+
+
+def from_arrays(x: np.ndarray, y: np.ndarray | None, source: str) -> ImageSet:
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) arrays of any numeric type -> ImageSet in [0, 1]."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3):  # channels last
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise InputError(f"{source}: images must be (N, H, W) or (N, H, W, C), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise InputError(f"{source}: holds no images")
+    if not np.issubdtype(x.dtype, np.number):
+        raise InputError(f"{source}: images must be numbers, got dtype {x.dtype}")
+    if np.issubdtype(x.dtype, np.integer):
+        top = 255 if x.dtype == np.uint8 else max(int(x.max()), 1)
+        images = torch.from_numpy(x.astype(np.float32) / top)
+    else:
+        bad = ~np.isfinite(x)
+        if bad.any():
+            first = np.argwhere(bad)[0][0]
+            raise InputError(f"{source}: {int(bad.sum())} NaN or infinite pixel values (first in image {first})")
+        images = torch.from_numpy(x.astype(np.float32))
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0 or hi > 1:  # rescale floats outside [0, 1]
+            images = (images - lo) / max(hi - lo, 1e-12)
+    labels = None
+    if y is not None:
+        y = np.asarray(y).reshape(-1)
+        if y.shape[0] != images.shape[0]:
+            raise InputError(f"{source}: {images.shape[0]} images but {y.shape[0]} labels")
+        labels = torch.from_numpy(y.astype(np.int64))
+    return ImageSet(images.contiguous(), labels)
+
+
+def _pick(split: str, train: tuple, test: tuple | None, source: str) -> tuple:
+    if split not in SPLITS:
+        raise InputError(f"data.split={split!r} must be one of {', '.join(SPLITS)}")
+    if split == "train" or (split == "all" and test is None):
+        return train
+    if test is None:
+        raise InputError(f"data.split=test but {source} has no test split")
+    if split == "test":
+        return test
+    y = None if train[1] is None or test[1] is None else np.concatenate([train[1], test[1]])
+    return np.concatenate([train[0], test[0]]), y
+
+
+def load_digits() -> ImageSet:
+    """scikit-learn's bundled 8x8 handwritten digits: 1,797 images, 10 classes, offline."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    return from_arrays(d.images.astype(np.float32) / 16.0, d.target, "sklearn digits")
+
+
+def load_npz(path: str, split: str = "all") -> ImageSet:
+    """An .npz with `x_train` (and `y_train`), optionally `x_test` / `y_test`."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise InputError(f"data.path={path}: no such file")
+    try:
+        arrays = np.load(file)
+    except Exception as e:
+        raise InputError(f"data.path={path}: not a readable .npz file ({e})") from None
+    with arrays:
+        if "x_train" not in arrays:
+            raise InputError(f"{file}: missing array 'x_train' (found: {', '.join(arrays.files) or 'none'})")
+
+        def part(name: str) -> tuple | None:
+            if f"x_{name}" not in arrays:
+                return None
+            return arrays[f"x_{name}"], arrays[f"y_{name}"] if f"y_{name}" in arrays else None
+
+        x, y = _pick(split, part("train"), part("test"), str(file))
+    return from_arrays(x, y, str(file))
+
+
+def load_torchvision(name: str, root: str = "data", split: str = "all", download: bool = True) -> ImageSet:
+    """MNIST, FashionMNIST or USPS from torchvision, downloaded into `root` when missing."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name)
+
+    def part(train: bool) -> tuple:
+        try:
+            ds = cls(root=root, train=train, download=download)
+        except (RuntimeError, OSError) as e:
+            raise InputError(f"data.root={root}: cannot load {name} ({e})") from None
+        return np.asarray(ds.data), np.asarray(ds.targets)
+
+    if split not in SPLITS:
+        raise InputError(f"data.split={split!r} must be one of {', '.join(SPLITS)}")
+    parts = [part(train) for train in (True, False) if split in ("all", "train" if train else "test")]
+    return from_arrays(
+        np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]), f"{name} in {root}"
+    )
+
+
+def load_image_folder(
+    path: str,
+    image_size: tuple[int, int] = (32, 32),
+    channels: int = 3,
+    labels: str = "auto",
+    on_bad_file: str = "error",
+    workers: int = 8,
+) -> ImageSet:
+    """Every image file under `path`, converted to `channels` and resized to `image_size`.
+
+    labels: 'auto' labels each image by its first-level subfolder when every image sits in one
+    (as torchvision's ImageFolder does), 'none' never. on_bad_file: 'error' stops with a list of
+    every file that cannot be read as an image; 'skip' leaves them out and records them.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise InputError(f"data.path={path}: no such folder")
+    if channels not in (1, 3):
+        raise InputError(f"data.channels={channels} must be 1 or 3")
+    if labels not in ("auto", "none"):
+        raise InputError(f"data.labels={labels!r} must be 'auto' or 'none'")
+    if on_bad_file not in ("error", "skip"):
+        raise InputError(f"data.on_bad_file={on_bad_file!r} must be 'error' or 'skip'")
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if not any(part.startswith(".") for part in p.relative_to(root).parts) and (p.is_file() or p.is_symlink())
+    )
+    if not files:
+        raise InputError(f"data.path={path}: the folder holds no files")
+    size = (int(image_size[0]), int(image_size[1]))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        loaded = list(pool.map(lambda p: _read_image(p, size, channels), files))
+    good = [(f, a) for f, a in zip(files, loaded) if not isinstance(a, str)]
+    bad = [f"{f.relative_to(root)}: {a}" for f, a in zip(files, loaded) if isinstance(a, str)]
+    if bad and on_bad_file == "error":
+        raise InputError(
+            f"data.path={path}: {len(bad)} of {len(files)} files are not readable images "
+            f"(set data.on_bad_file=skip to leave them out): " + "; ".join(bad)
+        )
+    if not good:
+        raise InputError(f"data.path={path}: none of its {len(files)} files is a readable image")
+    rel = [f.relative_to(root) for f, _ in good]
+    x = np.stack([a for _, a in good])
+    y = None
+    if labels == "auto" and all(len(r.parts) > 1 for r in rel):
+        classes = sorted({r.parts[0] for r in rel})
+        y = np.array([classes.index(r.parts[0]) for r in rel])
+    out = from_arrays(x, y, str(root))
+    out.files = [str(r) for r in rel]
+    out.skipped = bad
+    return out
+
+
+def _read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray | str:
+    """One image as (H, W, C) uint8, or the reason it cannot be read."""
+    if not path.exists():
+        return "dangling link"
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes everything, so truncated files fail here
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float: scale to 8 bits
+                a = np.asarray(img, dtype=np.float32)
+                top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
+                img = Image.fromarray((a / top * 255).clip(0, 255).astype(np.uint8))
+            elif img.mode in ("P", "PA"):
+                img = img.convert("RGBA")
+            img = img.convert("L" if channels == 1 else "RGB").resize(size[::-1], Image.BILINEAR)
+            a = np.asarray(img, dtype=np.uint8)
+    except Exception as e:  # PIL raises many types for bad files
+        return f"not a readable image ({type(e).__name__}: {e})".replace("\n", " ")
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+class _Indices(Dataset):
+    """A data set whose items are their own indices; a whole batch of them is fetched at once."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def __getitems__(self, batch: Tensor) -> Tensor:
+        return batch
+
+
+def _as_is(batch: Tensor) -> Tensor:
+    return batch
+
+
+class ShardedBatches(Sampler):
+    """Batches of sample indices for one process, drawn from a permutation fixed by (seed, epoch).
+
+    As torch's DistributedSampler: the permutation is padded by repeating indices to a multiple of
+    the number of processes, and process `rank` takes every `world`-th index, so every process gets
+    the same number of batches.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True
+    ) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world, self.shuffle = rank, world, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(self.n / self.world) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        total = math.ceil(self.n / self.world) * self.world
+        order = torch.cat([order, order[: total - self.n]])[self.rank :: self.world]
+        yield from order.split(self.batch_size)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Hands out batches as (images, sample indices), the images indexed out of one device tensor."""
+
+    def __init__(self, data: ImageSet, batch_size: int, seed: int = 0) -> None:
+        super().__init__()
+        self.data = data
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = ShardedBatches(
+            len(self.data), self.batch_size, self.seed, self.trainer.global_rank, self.trainer.world_size
+        )
+        return DataLoader(_Indices(len(self.data)), batch_sampler=sampler, collate_fn=_as_is)
+
+    def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        return self.data.on(batch.device)[batch], batch

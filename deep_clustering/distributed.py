@@ -1,0 +1,59 @@
+"""Data-set-wide passes that give every process the same answer as one process would.
+
+Each sample is handled by exactly one process (process r takes samples r, r + world, ...), the
+results are gathered with padding (gloo aborts on gathers of unequal sizes) and put back in sample
+order, so P, K-means and the metrics see every sample once, in the same order, on every rank.
+"""
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(values: Tensor, index: Tensor, n: int) -> Tensor:
+    """Rows computed on each process for the samples `index` -> (n, ...) rows of all samples, on every process.
+
+    Processes may hold different numbers of rows (none, too); each row's sample index says where it goes.
+    """
+    _, world = rank_and_world()
+    if world == 1:
+        out = values.new_empty((n, *values.shape[1:]))
+        out[index] = values
+        return out
+    size = torch.tensor([values.shape[0]], device=values.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(sizes))
+    pad_values = values.new_zeros((longest, *values.shape[1:]))
+    pad_values[: values.shape[0]] = values
+    pad_index = torch.full((longest,), -1, dtype=torch.long, device=values.device)
+    pad_index[: index.shape[0]] = index
+    all_values = [torch.empty_like(pad_values) for _ in range(world)]
+    all_index = [torch.empty_like(pad_index) for _ in range(world)]
+    dist.all_gather(all_values, pad_values)
+    dist.all_gather(all_index, pad_index)
+    values, index = torch.cat(all_values), torch.cat(all_index)
+    keep = index >= 0
+    out = values.new_empty((n, *values.shape[1:]))
+    out[index[keep]] = values[keep]
+    return out
+
+
+@torch.no_grad()
+def embed_all(encoder: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    """(N, C, H, W) images -> (N, D) codes of every image, each computed once, equal on every process."""
+    rank, world = rank_and_world()
+    mine = torch.arange(rank, images.shape[0], world, device=images.device)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        codes = torch.cat([encoder(images[i]) for i in mine.split(batch_size)] or [encoder(images[:0])])
+    finally:
+        encoder.train(was_training)
+    return gather_rows(codes.float(), mine, images.shape[0])

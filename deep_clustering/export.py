@@ -1,0 +1,86 @@
+"""What a run leaves in its folder: metrics.json, predictions.csv and the pretrained autoencoder."""
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from deep_clustering.config import InputError
+
+
+def atomic_write(path: Path, write: Any, mode: str = "w") -> None:
+    """Write `path` through `write(file)` into a temporary file, then rename it over the target,
+    so a reader never sees a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, mode, **({"newline": ""} if mode == "w" else {})) as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: json.dump(metrics, f, indent=2))
+
+
+def write_predictions(
+    path: Path, pred: Tensor, confidence: Tensor, files: list[str] | None, labels: Tensor | None
+) -> None:
+    """One row per sample: its index (or file), cluster, confidence (max q) and, where known, label."""
+
+    def write(f: Any) -> None:
+        out = csv.writer(f)
+        out.writerow(
+            ["file" if files else "index", "cluster", "confidence", *(["label"] if labels is not None else [])]
+        )
+        names = files or range(len(pred))
+        cols = [names, pred.tolist(), [f"{c:.6f}" for c in confidence.tolist()]]
+        if labels is not None:
+            cols.append(labels.tolist())
+        out.writerows(zip(*cols))
+
+    atomic_write(path, write)
+
+
+def save_autoencoder(
+    path: Path, autoencoder: nn.Module, model_cfg: dict[str, Any], in_channels: int, image_size: tuple[int, int]
+) -> None:
+    """The pretrained weights with what it takes to rebuild the network, for `pretrained=PATH`."""
+    state = {
+        "state_dict": autoencoder.state_dict(),
+        "model": model_cfg,
+        "in_channels": in_channels,
+        "image_size": list(image_size),
+    }
+    atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+
+
+def load_autoencoder(path: str, autoencoder: nn.Module) -> None:
+    """Load weights saved by `save_autoencoder` (or a run folder holding them) into `autoencoder`."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "autoencoder.pt"
+    if not file.is_file():
+        raise InputError(f"pretrained={path}: no such file (give a run folder or its autoencoder.pt)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        weights = state["state_dict"]
+    except Exception as e:
+        raise InputError(
+            f"pretrained={file}: not an autoencoder saved by this trainer ({type(e).__name__}: {e})"
+        ) from None
+    own = autoencoder.state_dict()
+    wrong = [
+        f"{k} is {list(v.shape)} in the file but {list(own[k].shape)} here"
+        for k, v in weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = sorted(set(own) ^ set(weights))
+    if wrong or missing:
+        detail = "; ".join(wrong + ([f"parameters that only one side has: {', '.join(missing)}"] if missing else []))
+        raise InputError(f"pretrained={file}: its shapes do not fit this model and data ({detail})")
+    autoencoder.load_state_dict(weights)

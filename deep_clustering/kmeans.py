@@ -1,0 +1,156 @@
+"""K-means in torch: k-means++ seeding and Lloyd iterations, every restart run at once.
+
+Written by hand because scikit-learn's runs on the CPU only; it is kept as the reference
+(tests compare inertias) and stays the default for codes that live on the CPU.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from deep_clustering.config import InputError
+
+
+@dataclass
+class KMeansResult:
+    centers: Tensor  # (K, D) the best restart's centres
+    labels: Tensor  # (N,) index of each sample's nearest centre
+    inertia: float  # sum of squared distances of the samples to their centres
+
+
+def kmeans(
+    x: Tensor,
+    n_clusters: int,
+    n_init: int = 20,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    chunk_size: int = 65536,
+) -> KMeansResult:
+    """Lloyd's K-means with k-means++ seeding, `n_init` restarts run as one batched computation.
+
+    Args:
+        x: (N, D) points, on any device.
+        n_clusters: K.
+        n_init: restarts; the one with the lowest inertia wins.
+        max_iter: Lloyd iterations at most.
+        tol: stop when the squared centre shift falls under tol * mean feature variance
+            (scikit-learn's rule).
+        seed: seeds a generator of its own; the global random state is untouched.
+        chunk_size: samples per distance computation, to bound memory at (n_init, chunk, K).
+    """
+    x = x.float()
+    n = x.shape[0]
+    if not 1 <= n_clusters <= n:
+        raise InputError(f"n_clusters={n_clusters} must be between 1 and the number of samples ({n})")
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    centers = _kmeans_plus_plus(x, n_clusters, n_init, gen, chunk_size)
+    threshold = tol * x.var(dim=0, unbiased=False).mean()
+    for _ in range(max_iter):
+        labels, _ = _assign(x, centers, chunk_size)
+        new_centers = _means(x, labels, centers)
+        shift = (new_centers - centers).pow(2).sum(dim=(1, 2))
+        centers = new_centers
+        if bool((shift <= threshold).all()):
+            break
+    labels, dist2 = _assign(x, centers, chunk_size)
+    inertia = dist2.sum(dim=1)
+    best = int(inertia.argmin())
+    return KMeansResult(centers[best], labels[best], float(inertia[best]))
+
+
+def _assign(x: Tensor, centers: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """(N, D) points, (R, K, D) centres -> (R, N) nearest centre, (R, N) squared distance to it."""
+    labels, dists = [], []
+    c_norm = centers.pow(2).sum(-1).unsqueeze(1)  # (R, 1, K)
+    for xc in x.split(chunk_size):
+        d2 = xc.pow(2).sum(-1)[None, :, None] - 2 * xc @ centers.transpose(1, 2) + c_norm
+        d, i = d2.clamp_min_(0).min(dim=2)
+        labels.append(i)
+        dists.append(d)
+    return torch.cat(labels, 1), torch.cat(dists, 1)
+
+
+def _means(x: Tensor, labels: Tensor, old: Tensor) -> Tensor:
+    """The mean of each cluster's points, per restart; an empty cluster keeps its old centre."""
+    r, k, d = old.shape
+    flat = (labels + torch.arange(r, device=x.device)[:, None] * k).reshape(-1)
+    sums = torch.zeros(r * k, d, device=x.device, dtype=x.dtype).index_add_(0, flat, x.repeat(r, 1))
+    counts = torch.bincount(flat, minlength=r * k).to(x.dtype)[:, None]
+    means = (sums / counts.clamp_min(1)).view(r, k, d)
+    return torch.where(counts.view(r, k, 1) > 0, means, old)
+
+
+def _kmeans_plus_plus(x: Tensor, k: int, r: int, gen: torch.Generator, chunk_size: int) -> Tensor:
+    """k-means++ seeding (Arthur and Vassilvitskii 2007) for r restarts at once -> (r, k, D)."""
+    n = x.shape[0]
+    first = torch.randint(n, (r,), generator=gen, device=x.device)
+    centers = [x[first]]  # each (r, D)
+    closest = (x[None] - x[first][:, None]).pow(2).sum(-1)  # (r, N)
+    for _ in range(1, k):
+        weights = closest.clamp_min(0)
+        total = weights.sum(dim=1, keepdim=True)
+        # all points equal to chosen centres: fall back to uniform picks
+        weights = torch.where(total > 0, weights, torch.ones_like(weights))
+        pick = torch.multinomial(weights, 1, generator=gen).squeeze(1)
+        new = x[pick]
+        centers.append(new)
+        closest = torch.minimum(closest, (x[None] - new[:, None]).pow(2).sum(-1))
+    return torch.stack(centers, dim=1)
+
+
+class KMeansInit:
+    """The initial cluster centres for DEC: K-means on the codes, optionally on a map of them.
+
+    Args:
+        n_clusters: K.
+        n_init: K-means restarts; the lowest inertia wins.
+        backend: 'torch' (this module, on the codes' device), 'sklearn', or 'auto' (torch for codes
+            on a GPU, scikit-learn on the CPU).
+        manifold: 'none' clusters the codes themselves (DEC, IDEC, DCEC as published); 'tsne'
+            clusters a 2-D t-SNE map of them (the manifold step of N2D, McConville et al. 2020,
+            with t-SNE in place of UMAP) and returns the mean code of each cluster; 'auto' is
+            'tsne' up to MANIFOLD_MAX_SAMPLES samples and 'none' above, where t-SNE takes minutes.
+        seed: seeds K-means and t-SNE.
+    """
+
+    def __init__(self, n_clusters: int, n_init: int = 20, backend: str = "auto", manifold: str = "auto", seed: int = 0):
+        if backend not in ("auto", "torch", "sklearn"):
+            raise InputError(f"init.backend={backend!r} must be auto, torch or sklearn")
+        if manifold not in ("auto", "none", "tsne"):
+            raise InputError(f"init.manifold={manifold!r} must be auto, none or tsne")
+        self.n_clusters, self.n_init, self.seed = n_clusters, n_init, seed
+        self.backend, self.manifold = backend, manifold
+
+    def __call__(self, z: Tensor) -> Tensor:
+        """(N, D) latent codes of every sample -> (n_clusters, D) centres on z's device."""
+        manifold = self.manifold
+        if manifold == "auto":
+            manifold = "tsne" if z.shape[0] <= MANIFOLD_MAX_SAMPLES else "none"
+        points = z
+        if manifold == "tsne":
+            from sklearn.manifold import TSNE
+
+            mapped = TSNE(2, random_state=self.seed, init="pca").fit_transform(z.cpu().numpy())
+            points = torch.from_numpy(mapped).float().to(z.device)
+        backend = self.backend
+        if backend == "auto":
+            backend = "torch" if points.is_cuda else "sklearn"
+        if backend == "torch":
+            result = kmeans(points, self.n_clusters, n_init=self.n_init, seed=self.seed)
+            centers, labels = result.centers, result.labels
+        else:
+            from sklearn.cluster import KMeans
+
+            fit = KMeans(self.n_clusters, n_init=self.n_init, random_state=self.seed).fit(points.cpu().numpy())
+            centers = torch.from_numpy(fit.cluster_centers_).float().to(z.device)
+            labels = torch.from_numpy(fit.labels_).long().to(z.device)
+        if manifold == "none":
+            return centers
+        counts = torch.bincount(labels, minlength=self.n_clusters).clamp_min(1)
+        sums = torch.zeros(self.n_clusters, z.shape[1], device=z.device).index_add_(0, labels, z.float())
+        return sums / counts[:, None]
+
+
+MANIFOLD_MAX_SAMPLES = 20000  # above this, 'auto' skips the t-SNE map (minutes on a CPU)

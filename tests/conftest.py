@@ -1,0 +1,46 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DC_TEST_DATA", ROOT.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def shared_npz(name: str) -> Path:
+    """A benchmark data set from ../shared/data (or $DC_TEST_DATA); the test is skipped without it."""
+    path = DATA / f"{name}.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing (set DC_TEST_DATA to the folder holding the benchmark .npz files)")
+    return path
+
+
+def run_train(run_dir: Path, *overrides: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python train.py` with Hydra overrides in a fresh process, its run folder set to `run_dir`."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false",
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def pretrained_digits(tmp_path_factory) -> Path:
+    """One short pretraining on digits, shared by the tests that start from a pretrained autoencoder."""
+    run_dir = tmp_path_factory.mktemp("pretrained") / "run"
+    run_train(run_dir, "pretrain.epochs=30", "refine.max_iters=1")
+    return run_dir

@@ -1,0 +1,101 @@
+"""Every config option composes and instantiates; bad keys and values are refused by name."""
+
+import inspect
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from deep_clustering.config import InputError, check_config
+from deep_clustering.data import ImageSet
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_every_group_has_options():
+    assert {"digits", "mnist", "fashion_mnist", "usps", "npz", "image_folder"} <= set(options("data"))
+    assert {"conv", "fc"} <= set(options("model"))
+    assert {"default", "gpu", "ddp"} <= set(options("trainer"))
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_data_options_name_real_parameters(name, tmp_path):
+    cfg = composed(f"data={name}").data
+    params = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
+    inspect.signature(get_object(cfg._target_)).bind(**params)  # raises on an unknown or missing parameter
+    if name == "digits":
+        assert isinstance(instantiate(cfg), ImageSet)
+    elif name == "npz":
+        np.savez(tmp_path / "a.npz", x_train=np.zeros((3, 4, 4), np.uint8))
+        assert len(instantiate(cfg, path=str(tmp_path / "a.npz"))) == 3
+    elif name == "image_folder":
+        Image.new("L", (5, 5)).save(tmp_path / "a.png")
+        assert instantiate(cfg, path=str(tmp_path), _convert_="all").images.shape == (1, 3, 32, 32)
+    else:  # torchvision sets: offline here, so the error must name the folder
+        with pytest.raises(InstantiationException) as err:
+            instantiate(cfg, root=str(tmp_path), download=False)
+        assert isinstance(err.value.__cause__, InputError) and f"data.root={tmp_path}" in str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("name", options("model"))
+@pytest.mark.parametrize("shape", [(1, (8, 8)), (3, (32, 32))])
+def test_model_options_instantiate(name, shape):
+    model = instantiate(composed(f"model={name}").model, in_channels=shape[0], image_size=shape[1], _convert_="all")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_trainer_options_instantiate(name):
+    cfg = composed(f"trainer={name}").trainer
+    if cfg.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(InstantiationException, match="No supported gpu backend"):
+            instantiate(cfg, logger=False)
+        return
+    assert isinstance(instantiate(cfg, logger=False), L.Trainer)
+
+
+def test_optimizers_and_init_instantiate():
+    cfg = composed()
+    for opt in (cfg.pretrain.optimizer, cfg.refine.optimizer):
+        assert callable(instantiate(opt))
+    assert callable(instantiate(cfg.init, n_clusters=10, seed=0))
+    with pytest.raises(InstantiationException, match="init.backend='gpu'"):
+        instantiate(cfg.init, n_clusters=10, seed=0, backend="gpu")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+model.foo=1", "unknown config key 'model.foo'"),
+        ("+bogus=1", "unknown config key 'bogus'"),
+        ("refine.tol=abc", "refine.tol='abc': expected float, got str"),
+        ("model.latent_dim=1.5", "model.latent_dim=1.5: expected int"),
+        ("pretrain.optimizer.lr=-0.1", r"pretrain.optimizer.lr=-0.1 is out of range"),
+        ("n_clusters=1", "n_clusters=1 is out of range: it must be at least 2"),
+        ("refine.recon=3", "refine.recon=3: expected bool"),
+    ],
+)
+def test_check_config_refuses(override, message):
+    with pytest.raises(InputError, match=message):
+        check_config(composed(override), composed())
+
+
+def test_check_config_accepts_defaults_and_trainer_arguments():
+    check_config(composed(), composed())
+    check_config(composed("+trainer.gradient_clip_val=1.0", "refine.gamma=1"), composed())

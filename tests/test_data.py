@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deep_clustering.config import InputError
+from deep_clustering.data import ShardedBatches, from_arrays, load_digits, load_image_folder, load_npz
+from tests.conftest import shared_npz
+
+
+def test_digits():
+    d = load_digits()
+    assert d.images.shape == (1797, 1, 8, 8) and d.labels.shape == (1797,)
+    assert 0 <= float(d.images.min()) and float(d.images.max()) == 1.0
+
+
+def test_usps_npz_all_splits():
+    d = load_npz(str(shared_npz("usps")), split="all")
+    assert d.images.shape == (9298, 1, 16, 16)
+    assert d.labels[:6].tolist() == [6, 5, 4, 7, 3, 6]  # the README's first train labels
+    assert load_npz(str(shared_npz("usps")), split="test").images.shape[0] == 2007
+
+
+def test_npz_without_labels_or_test(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, x_train=np.zeros((5, 4, 4, 3), np.uint8))
+    d = load_npz(str(path))
+    assert d.images.shape == (5, 3, 4, 4) and d.labels is None
+    with pytest.raises(InputError, match="has no test split"):
+        load_npz(str(path), split="test")
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": np.zeros((5, 4, 4))}, "missing array 'x_train'"),
+        ({"x_train": np.zeros((5, 4))}, r"shape \(5, 4\)"),
+        ({"x_train": np.full((5, 4, 4), np.nan)}, "NaN"),
+        ({"x_train": np.zeros((5, 4, 4)), "y_train": np.zeros(4)}, "5 images but 4 labels"),
+    ],
+)
+def test_npz_bad_input_names_the_file(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(InputError, match=message) as err:
+        load_npz(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_npz_missing_file():
+    with pytest.raises(InputError, match="data.path=/nope.npz: no such file"):
+        load_npz("/nope.npz")
+
+
+def test_float_images_outside_unit_range_are_rescaled():
+    d = from_arrays(np.array([[[0.0, 255.0]]], np.float32), None, "x")
+    assert d.images.flatten().tolist() == [0.0, 1.0]
+
+
+def _save(path, mode, size, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path)
+
+
+def test_image_folder_labels_modes_and_sizes(tmp_path):
+    _save(tmp_path / "cats" / "a.png", "L", (10, 12), 255)
+    _save(tmp_path / "cats" / "b.png", "RGBA", (40, 40), (255, 0, 0, 255))
+    _save(tmp_path / "dogs" / "c.png", "P", (8, 8), 3)
+    _save(tmp_path / "dogs" / "d.tif", "I;16", (16, 16), 65535)
+    _save(tmp_path / "dogs" / "e.jpg", "CMYK", (20, 20), (0, 0, 0, 0))
+    d = load_image_folder(str(tmp_path), image_size=(16, 16), channels=3)
+    assert d.images.shape == (5, 3, 16, 16)
+    assert d.labels.tolist() == [0, 0, 1, 1, 1]
+    assert d.files == ["cats/a.png", "cats/b.png", "dogs/c.png", "dogs/d.tif", "dogs/e.jpg"]
+    torch.testing.assert_close(d.images[3], torch.ones(3, 16, 16))  # 16-bit white stays white
+    assert d.images[1, 0].mean() > 0.99 and d.images[1, 1].mean() < 0.01  # red
+    gray = load_image_folder(str(tmp_path), image_size=(8, 8), channels=1)
+    assert gray.images.shape == (5, 1, 8, 8)
+
+
+def test_image_folder_without_subfolders_has_no_labels(tmp_path):
+    _save(tmp_path / "a.png", "L", (8, 8), 0)
+    _save(tmp_path / "b.png", "L", (8, 8), 0)
+    assert load_image_folder(str(tmp_path)).labels is None
+
+
+def test_image_folder_bad_files_are_listed_or_skipped(tmp_path):
+    _save(tmp_path / "good.png", "L", (8, 8), 0)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image")
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "cut.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "cut.jpg").read_bytes()[:200])
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    with pytest.raises(InputError) as err:
+        load_image_folder(str(tmp_path))
+    message = str(err.value)
+    for name in ("empty.png: empty file", "notes.txt", "cut.jpg", "gone.png: dangling link"):
+        assert name in message
+    assert "good.png" not in message and "\n" not in message
+    d = load_image_folder(str(tmp_path), on_bad_file="skip")
+    assert d.files == ["good.png"] and len(d.skipped) == 4
+
+
+def test_image_folder_empty(tmp_path):
+    with pytest.raises(InputError, match="holds no files"):
+        load_image_folder(str(tmp_path))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_sharded_batches_cover_every_sample(world):
+    n, bs = 103, 8
+    shards = [list(ShardedBatches(n, bs, seed=1, rank=r, world=world)) for r in range(world)]
+    lengths = {len(s) for s in shards}
+    assert len(lengths) == 1 and lengths == {len(ShardedBatches(n, bs, world=world))}
+    seen = torch.cat([b for s in shards for b in s])
+    assert set(seen.tolist()) == set(range(n)) and len(seen) - n < world
+
+
+def test_sharded_batches_reshuffle_each_epoch():
+    s = ShardedBatches(50, 50, seed=0)
+    first = next(iter(s))
+    s.set_epoch(1)
+    assert not torch.equal(first, next(iter(s)))
+    s.set_epoch(0)
+    assert torch.equal(first, next(iter(s)))

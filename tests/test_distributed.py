@@ -1,0 +1,46 @@
+"""The data-set-wide gather under two real processes (gloo), with unequal shares."""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from deep_clustering.distributed import embed_all, gather_rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        # rank 0 holds samples 0, 2, 4 (3 rows); rank 1 holds sample 1 only: unequal sizes
+        index = torch.tensor([0, 2, 4]) if rank == 0 else torch.tensor([1])
+        rows = gather_rows(index.float()[:, None] * 10, index, 5)
+        images = torch.arange(7 * 4, dtype=torch.float32).view(7, 1, 2, 2)
+        torch.manual_seed(0)
+        encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        codes = embed_all(encoder, images, batch_size=2)
+        torch.save({"rows": rows, "codes": codes}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_rows_and_embed_all_across_two_processes(tmp_path):
+    out = str(tmp_path / "result")
+    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2)
+    results = [torch.load(f"{out}.{r}") for r in range(2)]
+    for r in results:
+        # sample 3 belongs to nobody: its row is whatever was there, the others are in place
+        assert r["rows"][[0, 1, 2, 4], 0].tolist() == [0.0, 10.0, 20.0, 40.0]
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    expected = encoder(torch.arange(7 * 4, dtype=torch.float32).view(7, 1, 2, 2)).detach()
+    for r in results:
+        torch.testing.assert_close(r["codes"], expected)

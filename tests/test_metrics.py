@@ -1,0 +1,41 @@
+import math
+
+import torch
+
+from deep_clustering.metrics import external_metrics, internal_metrics
+
+
+def test_permuted_labelling_scores_one():
+    target = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    pred = torch.tensor([2, 2, 0, 0, 3, 3, 1])  # the same partition, other names
+    m = external_metrics(pred, target)
+    assert m["acc"] == 1.0 and math.isclose(m["nmi"], 1.0, rel_tol=1e-6) and math.isclose(m["ari"], 1.0, rel_tol=1e-6)
+
+
+def test_acc_uses_one_to_one_matching():
+    # clusters 0 -> class 1 (2 right), 1 -> class 0 (2 right); the last sample is wrong: 4/5
+    target = torch.tensor([1, 1, 0, 0, 0])
+    pred = torch.tensor([0, 0, 1, 1, 0])
+    assert math.isclose(external_metrics(pred, target)["acc"], 0.8, rel_tol=1e-6)
+
+
+def test_more_clusters_than_classes():
+    target = torch.tensor([0, 0, 0, 1, 1, 1])
+    pred = torch.tensor([0, 0, 2, 1, 1, 1])  # the best matching leaves cluster 2 unmatched: 5/6
+    assert math.isclose(external_metrics(pred, target)["acc"], 5 / 6, rel_tol=1e-6)
+
+
+def test_internal_metrics_prefer_the_true_partition():
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.cat([torch.randn(50, 2, generator=gen), torch.randn(50, 2, generator=gen) + 10])
+    good = torch.tensor([0] * 50 + [1] * 50)
+    bad = torch.arange(100) % 2
+    g, b = internal_metrics(codes, good), internal_metrics(codes, bad)
+    assert g["silhouette"] > 0.8 > b["silhouette"]
+    assert g["davies_bouldin"] < b["davies_bouldin"]
+    assert g["calinski_harabasz"] > b["calinski_harabasz"]
+
+
+def test_internal_metrics_one_cluster_is_nan():
+    m = internal_metrics(torch.randn(10, 2), torch.zeros(10, dtype=torch.long))
+    assert all(math.isnan(v) for v in m.values())

@@ -1,0 +1,134 @@
+"""End to end: the real command, in a fresh process, on real data with known labels."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from deep_clustering.data import load_digits
+from tests.conftest import run_train, shared_npz
+
+QUICK = ["pretrain.epochs=10", "refine.max_iters=40", "refine.update_interval=10", "init.manifold=none"]
+
+
+def read_metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def read_predictions(run_dir):
+    with open(run_dir / "predictions.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_quick_run_leaves_everything_in_its_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_train(run_dir, *QUICK)
+    assert f"run folder: {run_dir}" in proc.stdout and "ACC " in proc.stdout
+    m = read_metrics(run_dir)
+    assert m["n_samples"] == 1797 and m["n_clusters"] == 10 and m["device"] == "cpu"
+    assert 0.5 < m["acc"] <= 1 and 0 < m["nmi"] <= 1 and -1 <= m["ari"] <= 1
+    assert set(m["seconds"]) == {"pretrain", "kmeans", "refine", "evaluate", "total"}
+    assert m["refine_iterations"] == 40
+    rows = read_predictions(run_dir)
+    assert len(rows) == 1797 and list(rows[0]) == ["index", "cluster", "confidence", "label"]
+    assert [int(r["index"]) for r in rows] == list(range(1797))
+    assert all(0.1 <= float(r["confidence"]) <= 1 for r in rows)
+    assert all(0 <= int(r["cluster"]) < 10 for r in rows)
+    for path in [
+        "autoencoder.pt",
+        ".hydra/config.yaml",
+        "checkpoints/pretrain/last.ckpt",
+        "checkpoints/refine/last.ckpt",
+    ]:
+        assert (run_dir / path).is_file(), path
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    expected = {"pretrain/recon", "refine/kl", "refine/recon", "refine/delta_label", "val/acc", "val/nmi", "val/ari"}
+    assert expected <= scalars, expected - scalars
+    assert "refine/cluster_sizes" in events.Tags()["histograms"]
+    assert [e.step for e in events.Scalars("val/acc")] == [0, 10, 20, 30]  # one point per refresh of P
+
+
+def test_default_digits_run_reaches_its_accuracy(tmp_path):
+    """The README's claim for `make train`: ACC >= 0.85 on scikit-learn's digits."""
+    run_train(tmp_path / "run")
+    m = read_metrics(tmp_path / "run")
+    assert m["acc"] >= 0.85, m
+    assert m["stopped_by"] == "tol"
+
+
+def test_pretrained_autoencoder_is_reused(tmp_path, pretrained_digits):
+    run_train(tmp_path / "run", f"pretrained={pretrained_digits}", "refine.max_iters=20", "init.manifold=none")
+    m = read_metrics(tmp_path / "run")
+    assert m["seconds"]["pretrain"] < 1 and not (tmp_path / "run" / "autoencoder.pt").exists()
+    assert m["acc"] > 0.5
+
+
+def test_dec_mode_drops_the_decoder(tmp_path, pretrained_digits):
+    run_train(tmp_path / "run", f"pretrained={pretrained_digits}", "refine.recon=false", "refine.max_iters=20")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(k.startswith("encoder.") for k in state) and not any(k.startswith("decoder.") for k in state)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["pretrained={pretrained}", "model.latent_dim=5"],
+            "error: pretrained={pretrained}/autoencoder.pt: its shapes do not fit",
+        ),
+        (["n_clusters=1800"], "error: n_clusters=1800 is more than the 1797 images"),
+        (["+model.depth=3"], "error: unknown config key 'model.depth'"),
+        (["data=image_folder", "data.path={empty}"], "error: data.path={empty}: the folder holds no files"),
+    ],
+)
+def test_bad_input_stops_before_training_with_one_line(tmp_path, pretrained_digits, overrides, message):
+    (tmp_path / "empty").mkdir()
+    fill = {"pretrained": pretrained_digits, "empty": tmp_path / "empty"}
+    proc = run_train(tmp_path / "run", *(o.format(**fill) for o in overrides), check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(message.format(**fill)), proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_image_folder_run_names_the_files(tmp_path):
+    digits = load_digits()
+    for i in range(200):
+        path = tmp_path / "images" / f"class{int(digits.labels[i])}" / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[i, 0].numpy() * 255).astype(np.uint8)).save(path)
+    overrides = ["data=image_folder", f"data.path={tmp_path / 'images'}", "data.image_size=[8,8]", "data.channels=1"]
+    run_train(tmp_path / "run", *overrides, *QUICK)
+    rows = read_predictions(tmp_path / "run")
+    assert len(rows) == 200 and rows[0]["file"] == f"class{int(digits.labels[0])}/000.png"
+    assert "acc" in read_metrics(tmp_path / "run")
+
+
+def test_two_processes_match_one(tmp_path, pretrained_digits):
+    """DDP on 2 CPU processes (gloo) against 1 process, both from the same pretrained autoencoder:
+    the same K-means centres, and a final ACC within 0.02."""
+    common = [f"pretrained={pretrained_digits}", "init.manifold=none", "seed=1"]
+    run_train(tmp_path / "one", *common)
+    run_train(tmp_path / "two", *common, "trainer=ddp", "trainer.devices=2")
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert two["processes"] == 2 and one["processes"] == 1
+    centers = [
+        torch.load(tmp_path / r / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["dec"]["initial_centers"]
+        for r in ("one", "two")
+    ]
+    torch.testing.assert_close(centers[0], centers[1], atol=1e-4, rtol=1e-4)
+    assert abs(one["acc"] - two["acc"]) <= 0.02, (one["acc"], two["acc"])
+    assert len(read_predictions(tmp_path / "two")) == 1797
+
+
+@pytest.mark.slow
+def test_usps_dcec_recipe(tmp_path):
+    """USPS, all 9,298 images, DCEC's recipe: ACC >= 0.75 (the paper reports 0.79)."""
+    run_train(tmp_path / "run", "experiment=dcec_usps", "data=npz", f"data.path={shared_npz('usps')}", timeout=3600)
+    assert read_metrics(tmp_path / "run")["acc"] >= 0.75
