@@ -7,9 +7,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-
-class InputError(ValueError):
-    """Bad input: a one-line message that names the key, the value or the file."""
+from deep_clustering.errors import InputError
 
 
 def check_config(cfg: DictConfig, reference: DictConfig) -> None:

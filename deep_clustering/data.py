@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from deep_clustering.config import InputError
+from deep_clustering.errors import InputError
 
 SPLITS = ("train", "test", "all")
 
@@ -259,6 +259,7 @@ class ShardedBatches(Sampler):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world, self.shuffle = rank, world, shuffle
         self.epoch = 0
+        self.skip = 0  # batches to leave out of the next epoch: those a resumed run already trained on
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -273,7 +274,8 @@ class ShardedBatches(Sampler):
             order = torch.arange(self.n)
         total = math.ceil(self.n / self.world) * self.world
         order = torch.cat([order, order[: total - self.n]])[self.rank :: self.world]
-        yield from order.split(self.batch_size)
+        skip, self.skip = self.skip, 0
+        yield from order.split(self.batch_size)[skip:]
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -286,9 +288,11 @@ class ImageDataModule(L.LightningDataModule):
         self.seed = seed
 
     def train_dataloader(self) -> DataLoader:
-        sampler = ShardedBatches(
-            len(self.data), self.batch_size, self.seed, self.trainer.global_rank, self.trainer.world_size
-        )
+        trainer = self.trainer
+        sampler = ShardedBatches(len(self.data), self.batch_size, self.seed, trainer.global_rank, trainer.world_size)
+        # a run resumed mid-epoch goes on with the batch it stopped at, as if never interrupted
+        # (every epoch has len(sampler) steps, so the step count tells where in the epoch it was)
+        sampler.skip = trainer.global_step % len(sampler)
         return DataLoader(_Indices(len(self.data)), batch_sampler=sampler, collate_fn=_as_is)
 
     def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> tuple[Tensor, Tensor]:

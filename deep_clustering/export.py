@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deep_clustering.config import InputError
+from deep_clustering.errors import InputError
 
 
 def atomic_write(path: Path, write: Any, mode: str = "w") -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from deep_clustering.config import InputError
+from deep_clustering.errors import InputError
 
 
 @dataclass

@@ -4,7 +4,7 @@ import math
 
 from torch import Tensor, nn
 
-from deep_clustering.config import InputError
+from deep_clustering.errors import InputError
 from deep_clustering.losses import soft_assignment
 
 

@@ -13,8 +13,9 @@ from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from deep_clustering.config import InputError, check_config
+from deep_clustering.config import check_config
 from deep_clustering.data import ImageSet
+from deep_clustering.errors import InputError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

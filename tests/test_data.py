@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from deep_clustering.config import InputError
 from deep_clustering.data import ShardedBatches, from_arrays, load_digits, load_image_folder, load_npz
+from deep_clustering.errors import InputError
 from tests.conftest import shared_npz
 
 

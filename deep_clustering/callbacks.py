@@ -1,0 +1,68 @@
+"""Lightning plugins and callbacks that keep a run safe to interrupt."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from deep_clustering.errors import TrainingError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file, then renames it over the old one: a run killed
+    while saving leaves the previous checkpoint whole."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class FiniteLoss(L.Callback):
+    """Stops at the first NaN or infinite loss, before it reaches the weights, naming stage and step."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"{self.stage}: the loss is {float(loss)} at step {trainer.global_step}; the run stops here and "
+                f"its last good checkpoint stays in {trainer.default_root_dir}"
+            )
+
+
+class LastCheckpoint(L.Callback):
+    """Keeps one checkpoint, last.ckpt in the trainer's default_root_dir, saved every `every_n_steps`
+    steps or `every_n_epochs` epochs, at the end of training, and on SIGTERM (a pre-empted or
+    cancelled job) at the step reached; `resume=RUN_DIR` continues from it."""
+
+    def __init__(self, every_n_steps: int = 0, every_n_epochs: int = 0) -> None:
+        self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
+        self.saved_step = -1
+
+    def save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step != self.saved_step:
+            trainer.save_checkpoint(Path(trainer.default_root_dir) / "last.ckpt")
+            self.saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.save(trainer)

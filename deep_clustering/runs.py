@@ -1,0 +1,83 @@
+"""The run folder: a new one for every run, never one an earlier run used, and what an interrupted
+run left in it to resume from."""
+
+import os
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from deep_clustering.errors import InputError
+
+CONFIG = ".hydra/config.yaml"  # the composed config Hydra saves in every run folder
+FINISHED = "metrics.json"  # written last: its presence means the run completed
+
+
+@cache  # resolved once per process: the folder must not move once Hydra made it
+def run_dir(base: str, resume: str | None = None) -> str:
+    """Hydra's run folder (resolver `dc.run_dir`).
+
+    `resume` set: that folder (`check_resume` vetted it before Hydra started). Otherwise a new
+    folder under `base`: DATE/TIME, then -1, -2, ... if taken. The processes of one SLURM step or
+    torchrun job share one (slurm-JOB.STEP, torchrun-ID), the same again when the job is requeued.
+    """
+    if resume:
+        return str(resume)
+    if "SLURM_JOB_ID" in os.environ and "SLURM_STEP_ID" in os.environ:
+        return f"{base}/slurm-{os.environ['SLURM_JOB_ID']}.{os.environ['SLURM_STEP_ID']}"
+    if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        return f"{base}/torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    stem = f"{base}/{datetime.now():%Y-%m-%d/%H-%M-%S}"
+    path, n = stem, 0
+    while True:
+        try:
+            os.makedirs(path)  # fails if taken, also by a run that started in the same second
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{stem}-{n}"
+
+
+@cache
+def config_subdir(resume: str | None = None) -> str:
+    """Where Hydra saves this run's config (resolver `dc.config_subdir`): .hydra, or for a resumed
+    run a folder of its own inside it, so the original config stays as it was."""
+    return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}" if resume else ".hydra"
+
+
+def check_resume(args: list[str]) -> None:
+    """Vet `resume=RUN_DIR` on the command line before Hydra creates or writes anything: the folder
+    holds an unfinished run, and nothing but the trainer group is overridden beside it."""
+    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    if not resume or resume[-1] in ("", "null"):
+        return
+    folder = Path(resume[-1])
+    if not (folder / CONFIG).is_file():
+        raise InputError(f"resume={folder}: not a run folder (it has no {CONFIG})")
+    if (folder / FINISHED).is_file():
+        raise InputError(f"resume={folder}: that run already finished ({folder / FINISHED} exists)")
+    changed = [a for a in args if "=" in a and not a.lstrip("+~").startswith(("resume=", "hydra.", "trainer"))]
+    if changed:
+        raise InputError(
+            f"resume={folder} continues with the run's own config ({folder / CONFIG}); leave out: {' '.join(changed)}"
+        )
+
+
+def resumed_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> DictConfig:
+    """The interrupted run's own config; only the trainer group may change (another machine)."""
+    folder = Path(cfg.resume)
+    if folder.resolve() != run_dir.resolve():
+        raise InputError(f"resume={folder} continues in its own folder: leave out hydra.run.dir={run_dir}")
+    saved = OmegaConf.load(folder / CONFIG)
+    if any(o.lstrip("+~").startswith("trainer") for o in overrides):
+        saved.trainer = cfg.trainer
+    saved.resume = cfg.resume
+    return saved
+
+
+def latest_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint a stage left: its periodic last.ckpt or the hpc_ckpt_N.ckpt Lightning
+    writes on SLURM's pre-emption signal."""
+    found = [p for p in folder.glob("*.ckpt") if p.name == "last.ckpt" or p.name.startswith("hpc_ckpt_")]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None

@@ -1,0 +1,136 @@
+"""Interrupted runs resume to the same predictions; faults stop cleanly; bad resumes are refused."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_train
+
+# long enough pretraining and a t-SNE initialisation (seconds) to kill each stage reliably
+SETTINGS = [
+    "pretrain.epochs=20",
+    "refine.update_interval=10",
+    "refine.max_iters=120",
+    "refine.tol=0",
+    "init.manifold=tsne",
+]
+
+
+def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [*cmd, *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before the point to interrupt it:\n{proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for the point to interrupt the run")
+        time.sleep(0.05)
+
+
+def in_log(run_dir: Path, text: str):
+    return lambda: (run_dir / "train.log").exists() and text in (run_dir / "train.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run_train(run_dir, *SETTINGS)
+    return run_dir
+
+
+def test_same_seed_twice_gives_identical_predictions(uninterrupted, tmp_path):
+    run_train(tmp_path / "again", *SETTINGS)
+    assert (tmp_path / "again" / "predictions.csv").read_text() == (uninterrupted / "predictions.csv").read_text()
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "kmeans", "refine"])
+def test_sigkill_in_each_stage_then_resume_matches_uninterrupted(stage, uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir, *SETTINGS)
+    if stage == "pretrain":  # after the first epoch's checkpoint, long before the 20th epoch
+        wait_for(lambda: (run_dir / "checkpoints" / "pretrain" / "last.ckpt").exists(), proc)
+    elif stage == "kmeans":  # inside the t-SNE + K-means initialisation
+        wait_for(in_log(run_dir, "stage 2-3/4"), proc)
+        time.sleep(1.0)
+    else:  # mid-epoch of refinement: checkpoints every 10 steps, 29 batches an epoch
+        wait_for(lambda: (run_dir / "checkpoints" / "refine" / "last.ckpt").exists(), proc)
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+    assert (run_dir / "autoencoder.pt").exists() == (stage != "pretrain")
+    assert (run_dir / "checkpoints" / "refine" / "last.ckpt").exists() == (stage == "refine")
+    run_train(run_dir, f"resume={run_dir}")
+    assert (run_dir / "predictions.csv").read_text() == (uninterrupted / "predictions.csv").read_text()
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == (uninterrupted / ".hydra" / "config.yaml").read_text()
+
+
+def test_sigterm_saves_where_it_stopped_and_resumes(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir, *SETTINGS)
+    wait_for(lambda: (run_dir / "checkpoints" / "pretrain" / "last.ckpt").exists(), proc)
+    time.sleep(0.3)  # into the next epoch: the signal's checkpoint lands mid-epoch
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert err.strip().splitlines()[-1] == f"stopped by SIGTERM; continue with: python train.py resume={run_dir}"
+    step = torch.load(run_dir / "checkpoints" / "pretrain" / "last.ckpt", weights_only=True)["global_step"]
+    assert step > 0
+    run_train(run_dir, f"resume={run_dir}")
+    assert (run_dir / "predictions.csv").read_text() == (uninterrupted / "predictions.csv").read_text()
+
+
+def test_nan_loss_stops_at_that_step_naming_the_stage(tmp_path):
+    proc = run_train(tmp_path / "run", "pretrain.optimizer.lr=1e30", check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: pretrain: the loss is") and "at step" in last, proc.stderr[-2000:]
+    for ckpt in (tmp_path / "run" / "checkpoints").rglob("*.ckpt"):  # whatever was saved is still good
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values())
+
+
+@pytest.mark.parametrize(
+    ("setup", "overrides", "message"),
+    [
+        ("nothing", [], "resume={run}: not a run folder"),
+        ("finished", [], "resume={run}: that run already finished"),
+        ("interrupted", ["seed=5"], "resume={run} continues with the run's own config"),
+    ],
+)
+def test_bad_resume_is_refused(uninterrupted, tmp_path, setup, overrides, message):
+    run = {"nothing": tmp_path / "nothing", "finished": uninterrupted, "interrupted": tmp_path / "cut"}[setup]
+    if setup == "interrupted":
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text((uninterrupted / ".hydra" / "config.yaml").read_text())
+    before = sorted(p.name for p in run.iterdir()) if run.exists() else None
+    proc = run_train(None, f"resume={run}", *overrides, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: " + message.format(run=run)), proc.stderr[-2000:]
+    assert (sorted(p.name for p in run.iterdir()) if run.exists() else None) == before  # nothing written
+
+
+def test_resume_elsewhere_is_refused(uninterrupted, tmp_path):
+    run = tmp_path / "cut"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text((uninterrupted / ".hydra" / "config.yaml").read_text())
+    proc = run_train(tmp_path / "elsewhere", f"resume={run}", check=False)
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"error: resume={run} continues in its own folder: leave out hydra.run.dir={tmp_path / 'elsewhere'}"
+    )
+    assert not (run / "checkpoints").exists()
