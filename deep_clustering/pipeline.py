@@ -1,0 +1,163 @@
+"""The stages of a run, top to bottom: pretrain -> K-means -> DEC/IDEC refinement -> evaluate -> export.
+
+`train` is what `python train.py` runs after Hydra composed the config, and what the Python API
+(`deep_clustering.api`) runs on arrays: one implementation for both.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from deep_clustering import runs
+from deep_clustering.callbacks import AtomicCheckpointIO, FiniteLoss, LastCheckpoint
+from deep_clustering.data import ImageDataModule, ImageSet
+from deep_clustering.errors import InputError
+from deep_clustering.export import load_autoencoder, save_autoencoder, write_metrics, write_predictions
+from deep_clustering.metrics import external_metrics, internal_metrics
+from deep_clustering.pretrain import AutoencoderModule
+from deep_clustering.refine import DECModule
+
+log = logging.getLogger("deep_clustering")
+
+
+@dataclass
+class Result:
+    model: DECModule  # encoder, centres (and decoder): the trained clustering model
+    codes: Tensor  # (N, D) latent codes of every sample
+    q: Tensor  # (N, K) soft assignments
+    metrics: dict  # what metrics.json holds
+
+
+def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None = None) -> Result | None:
+    """Run every stage on `data`, each continuing from what an interrupted run left in `run_dir`.
+
+    Returns the trained model with its codes, assignments and metrics (None on processes other than
+    the first). `started`: when the run began (perf_counter), for the total in metrics.json.
+    """
+    started = time.perf_counter() if started is None else started
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.n_clusters > len(data):
+        raise InputError(f"n_clusters={cfg.n_clusters} is more than the {len(data)} images of the data set")
+    labelled = "labelled" if data.labels is not None else "no labels"
+    log.info("data: %d images of %s, %s", len(data), data.image_size, labelled)
+    for bad in data.skipped:
+        log.warning("skipped %s", bad)
+    autoencoder = instantiate(cfg.model, in_channels=data.channels, image_size=data.image_size, _convert_="all")
+    logger = TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
+    seconds = {}
+
+    # 1. pretrain the autoencoder (or load one pretrained earlier, or by this run before it was interrupted)
+    start = time.perf_counter()
+    pretrained = cfg.pretrained or (run_dir / "autoencoder.pt" if (run_dir / "autoencoder.pt").exists() else None)
+    if pretrained:
+        load_autoencoder(str(pretrained), autoencoder)
+        log.info("stage 1/4: loaded the pretrained autoencoder %s", pretrained)
+    else:
+        log.info("stage 1/4: pretraining the autoencoder for %d epochs", cfg.pretrain.epochs)
+        trainer = _trainer(cfg, run_dir, "pretrain", logger, max_epochs=cfg.pretrain.epochs)
+        module = AutoencoderModule(autoencoder, instantiate(cfg.pretrain.optimizer))
+        datamodule = ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed)
+        trainer.fit(module, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "pretrain"))
+        if trainer.is_global_zero:
+            model_cfg = OmegaConf.to_container(cfg.model)
+            save_autoencoder(run_dir / "autoencoder.pt", autoencoder, model_cfg, data.channels, data.image_size)
+    seconds["pretrain"] = time.perf_counter() - start
+
+    # 2-3. K-means on the codes gives the centres; refine encoder and centres on KL(P || Q)
+    log.info("stage 2-3/4: K-means (%d restarts, manifold %s), then refinement", cfg.init.n_init, cfg.init.manifold)
+    start = time.perf_counter()
+    dec = DECModule(
+        autoencoder.encoder,
+        autoencoder.decoder if cfg.refine.recon else None,
+        instantiate(cfg.refine.optimizer),
+        instantiate(cfg.init, n_clusters=cfg.n_clusters, seed=cfg.seed),
+        n_clusters=cfg.n_clusters,
+        latent_dim=cfg.model.latent_dim,
+        gamma=cfg.refine.gamma,
+        alpha=cfg.refine.alpha,
+        update_interval=cfg.refine.update_interval,
+        tol=cfg.refine.tol,
+    )
+    trainer = _trainer(cfg, run_dir, "refine", logger, max_steps=cfg.refine.max_iters, max_epochs=-1)
+    datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed)
+    trainer.fit(dec, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "refine"))
+    seconds["kmeans"] = dec.kmeans_seconds
+    seconds["refine"] = time.perf_counter() - start - dec.kmeans_seconds
+
+    # 4. evaluate on the predictions for the whole split
+    start = time.perf_counter()
+    device = trainer.strategy.root_device
+    codes, q = dec.to(device).predict_all(data.on(device))
+    confidence, pred = q.max(1)
+    scores = external_metrics(pred, data.labels) if data.labels is not None else {}
+    scores.update(internal_metrics(codes, pred, seed=cfg.seed))
+    seconds["evaluate"] = time.perf_counter() - start
+
+    # 5. export
+    if not trainer.is_global_zero:
+        return None
+    seconds["total"] = time.perf_counter() - started
+    metrics = {
+        **scores,
+        "n_samples": len(data),
+        "n_clusters": cfg.n_clusters,
+        "refine_iterations": trainer.global_step,
+        "refreshes_of_p": dec.n_refresh,
+        "stopped_by": "tol" if dec.delta_label < cfg.refine.tol else "max_iters",
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "device": _device_name(device),
+        "processes": trainer.world_size,
+        "resumed": bool(cfg.resume),
+    }
+    write_predictions(run_dir / "predictions.csv", pred.cpu(), confidence.cpu(), data.files, data.labels)
+    write_metrics(run_dir / runs.FINISHED, metrics)  # last: its presence marks the run finished
+    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(cfg).items()}
+    logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})
+    logger.finalize("success")
+    return Result(dec, codes.cpu(), q.cpu(), metrics)
+
+
+def _trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoardLogger, **limits) -> L.Trainer:
+    """The Lightning Trainer of one stage; its checkpoints go to run_dir/checkpoints/STAGE."""
+    folder = run_dir / "checkpoints" / stage
+    every = {"every_n_epochs": 1} if stage == "pretrain" else {"every_n_steps": cfg.refine.update_interval}
+    callbacks = [
+        LastCheckpoint(**every),
+        FiniteLoss(stage),
+        LearningRateMonitor(),
+    ]
+    return instantiate(
+        cfg.trainer,
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=folder,  # where last.ckpt and SLURM's pre-emption checkpoint go
+        enable_checkpointing=False,  # LastCheckpoint keeps the one checkpoint
+        use_distributed_sampler=False,  # ImageDataModule shards the batches itself
+        **limits,
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    return f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
+
+
+def _flat(cfg: DictConfig) -> dict:
+    rows = [(k, v) for k, v in OmegaConf.to_container(cfg).items()]
+    out = {}
+    while rows:
+        key, value = rows.pop()
+        if isinstance(value, dict):
+            rows += [(f"{key}.{k}", v) for k, v in value.items()]
+        else:
+            out[key] = value
+    return out
