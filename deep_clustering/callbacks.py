@@ -49,7 +49,7 @@ class LastCheckpoint(L.Callback):
 
     def save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self.saved_step:
-            trainer.save_checkpoint(Path(trainer.default_root_dir) / "last.ckpt")
+            trainer.save_checkpoint(Path(trainer.default_root_dir) / "last.ckpt", weights_only=False)
             self.saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from deep_clustering.errors import InputError
+from deep_clustering.errors import InputError, TrainingError
 
 
 @dataclass
@@ -125,6 +125,12 @@ class KMeansInit:
 
     def __call__(self, z: Tensor) -> Tensor:
         """(N, D) latent codes of every sample -> (n_clusters, D) centres on z's device."""
+        distinct = torch.unique(z, dim=0).shape[0]
+        if distinct < self.n_clusters:
+            raise TrainingError(
+                f"K-means: the codes of the {len(z)} samples take only {distinct} distinct values, fewer than "
+                f"n_clusters={self.n_clusters}: the autoencoder collapsed (see pretrain/recon) or the images repeat"
+            )
         manifold = self.manifold
         if manifold == "auto":
             manifold = "tsne" if z.shape[0] <= MANIFOLD_MAX_SAMPLES else "none"
@@ -151,6 +157,28 @@ class KMeansInit:
         counts = torch.bincount(labels, minlength=self.n_clusters).clamp_min(1)
         sums = torch.zeros(self.n_clusters, z.shape[1], device=z.device).index_add_(0, labels, z.float())
         return sums / counts[:, None]
+
+
+def reseed_empty(z: Tensor, centers: Tensor) -> tuple[Tensor, list[int]]:
+    """Move each centre that no sample is nearest to onto the sample farthest from its own centre
+    (scikit-learn's relocation of empty K-means clusters), so no cluster stays empty.
+
+    Args:
+        z: (N, D) codes; centers: (K, D).
+
+    Returns:
+        The new (K, D) centres and the indices of the clusters that were empty.
+    """
+    dist = torch.cdist(z, centers)
+    nearest = dist.min(1)
+    counts = torch.bincount(nearest.indices, minlength=len(centers))
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if not empty:
+        return centers, []
+    farthest = nearest.values.argsort(descending=True)[: len(empty)]
+    centers = centers.clone()
+    centers[empty] = z[farthest].to(centers.dtype)
+    return centers, empty
 
 
 MANIFOLD_MAX_SAMPLES = 20000  # above this, 'auto' skips the t-SNE map (minutes on a CPU)

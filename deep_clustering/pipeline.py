@@ -25,6 +25,7 @@ from deep_clustering.export import load_autoencoder, save_autoencoder, write_met
 from deep_clustering.metrics import external_metrics, internal_metrics
 from deep_clustering.pretrain import AutoencoderModule
 from deep_clustering.refine import DECModule
+from deep_clustering.visualize import log_final
 
 log = logging.getLogger("deep_clustering")
 
@@ -90,8 +91,8 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     trainer = _trainer(cfg, run_dir, "refine", logger, max_steps=cfg.refine.max_iters, max_epochs=-1)
     datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed)
     trainer.fit(dec, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "refine"))
-    seconds["kmeans"] = dec.kmeans_seconds
-    seconds["refine"] = time.perf_counter() - start - dec.kmeans_seconds
+    seconds["kmeans"] = float(dec.kmeans_seconds)
+    seconds["refine"] = time.perf_counter() - start - seconds["kmeans"]
 
     # 4. evaluate on the predictions for the whole split
     start = time.perf_counter()
@@ -110,8 +111,8 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         **scores,
         "n_samples": len(data),
         "n_clusters": cfg.n_clusters,
-        "refine_iterations": trainer.global_step,
-        "refreshes_of_p": dec.n_refresh,
+        "refine_iterations": int(dec.steps),
+        "refreshes_of_p": int(dec.n_refresh),
         "stopped_by": "tol" if dec.delta_label < cfg.refine.tol else "max_iters",
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "device": _device_name(device),
@@ -120,6 +121,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     }
     write_predictions(run_dir / "predictions.csv", pred.cpu(), confidence.cpu(), data.files, data.labels)
     write_metrics(run_dir / runs.FINISHED, metrics)  # last: its presence marks the run finished
+    log_final(logger.experiment, data.images, codes.cpu(), pred.cpu(), data.labels, int(dec.steps))
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(cfg).items()}
     logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})
     logger.finalize("success")

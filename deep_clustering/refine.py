@@ -6,6 +6,7 @@ P is recomputed over the WHOLE data set every `update_interval` steps and looked
 index; training stops when fewer than `tol` of the labels changed between two refreshes.
 """
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,12 +14,17 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from deep_clustering.distributed import embed_all
+from deep_clustering.kmeans import reseed_empty
 from deep_clustering.losses import kl_divergence, target_distribution
 from deep_clustering.metrics import external_metrics
 from deep_clustering.models import ClusteringLayer
+from deep_clustering.visualize import log_refresh
+
+log = logging.getLogger("deep_clustering")
 
 
 class DECModule(L.LightningModule):
@@ -47,10 +53,12 @@ class DECModule(L.LightningModule):
         self.initializer = initializer  # (N, D) codes -> (K, D) initial centres
         self.p: Tensor | None = None  # (N, K) target, indexed by sample id
         self.last_labels: Tensor | None = None  # (N,) labels at the last refresh of P
-        self.n_refresh = 0  # refreshes of P so far
-        self.initial_centers: Tensor | None = None  # (K, D) what the initializer gave
-        self.delta_label = float("nan")  # fraction of labels changed at the last refresh
-        self.kmeans_seconds = 0.0
+        # small state kept as buffers: it travels with the weights (checkpoints, ddp_spawn's hand-back)
+        self.register_buffer("initial_centers", torch.zeros(n_clusters, latent_dim))  # what the initializer gave
+        self.register_buffer("n_refresh", torch.tensor(0))  # refreshes of P so far
+        self.register_buffer("delta_label", torch.tensor(float("nan")))  # labels changed at the last refresh
+        self.register_buffer("kmeans_seconds", torch.tensor(0.0))  # time the initializer took
+        self.register_buffer("steps", torch.tensor(0))  # optimizer steps when training ended
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) images -> (B, K) log q."""
@@ -74,6 +82,9 @@ class DECModule(L.LightningModule):
         if self.last_labels is None:  # a fresh run, not one resumed from a checkpoint
             self.init_centers()
 
+    def on_train_end(self) -> None:
+        self.steps.fill_(self.global_step)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         if self.global_step % self.hparams.update_interval == 0 and self.refresh_target():
             self.trainer.should_stop = True
@@ -90,22 +101,26 @@ class DECModule(L.LightningModule):
             centers = self.initializer(z)
         centers = self.trainer.strategy.broadcast(centers, src=0).to(self.device)
         self.head.centers.copy_(centers)
-        self.initial_centers = centers.cpu()
+        self.initial_centers.copy_(centers)
         self.last_labels = self.head(z).argmax(1)
-        self.kmeans_seconds = time.perf_counter() - start
+        self.kmeans_seconds.fill_(time.perf_counter() - start)
 
     @torch.no_grad()
     def refresh_target(self) -> bool:
         """Recompute P over the whole data set; True when the stop rule is met."""
         z = embed_all(self.encoder, self._images(), self.hparams.embed_batch_size)
+        centers, empty = reseed_empty(z, self.head.centers)
+        if empty:
+            self.head.centers.copy_(centers)
+            log.warning("refine step %d: clusters %s were empty and were reseeded", self.global_step, empty)
         q = self.head(z).exp()
         self.p = target_distribution(q)
         labels = q.argmax(1)
-        self.delta_label = float((labels != self.last_labels).float().mean())
+        self.delta_label.copy_((labels != self.last_labels).float().mean())
         self.last_labels = labels
         self.n_refresh += 1
-        self._log_refresh(labels)
-        return self.n_refresh > 1 and self.delta_label < self.hparams.tol
+        self._log_refresh(q)
+        return bool(self.n_refresh > 1 and self.delta_label < self.hparams.tol)
 
     @torch.no_grad()
     def predict_all(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -117,35 +132,31 @@ class DECModule(L.LightningModule):
         checkpoint["dec"] = {
             "p": self.p.cpu() if self.p is not None else None,
             "last_labels": self.last_labels.cpu() if self.last_labels is not None else None,
-            "initial_centers": self.initial_centers,
-            "n_refresh": self.n_refresh,
-            "delta_label": self.delta_label,
-            "kmeans_seconds": self.kmeans_seconds,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["dec"]
-        self.p, self.last_labels = state["p"], state["last_labels"]
-        self.initial_centers = state["initial_centers"]
-        self.n_refresh, self.delta_label = state["n_refresh"], state["delta_label"]
-        self.kmeans_seconds = state["kmeans_seconds"]
+        self.p, self.last_labels = checkpoint["dec"]["p"], checkpoint["dec"]["last_labels"]
 
     def _images(self) -> Tensor:
         return self.trainer.datamodule.data.on(self.device)
 
-    def _log_refresh(self, labels: Tensor) -> None:
+    def _log_refresh(self, q: Tensor) -> None:
+        labels = q.argmax(1)
         sizes = torch.bincount(labels, minlength=self.hparams.n_clusters)
-        metrics = {
-            "refine/delta_label": self.delta_label,
-            "refine/largest_cluster": float(sizes.max()) / labels.numel(),
-        }
+        largest = float(sizes.max()) / labels.numel()
+        metrics = {"refine/delta_label": float(self.delta_label), "refine/largest_cluster": largest}
+        if largest > 0.5 and self.hparams.n_clusters > 2 and self.trainer.is_global_zero:
+            log.warning(
+                "refine step %d: collapse? cluster %d holds %.0f%% of the samples",
+                self.global_step,
+                int(sizes.argmax()),
+                100 * largest,
+            )
         targets = self.trainer.datamodule.data.labels
         if targets is not None:
             metrics.update({f"val/{k}": v for k, v in external_metrics(labels, targets).items()})
-        self.log("delta", self.delta_label, prog_bar=True, logger=False)
+        self.log("delta", float(self.delta_label), prog_bar=True, logger=False)
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_step)
-            if self.trainer.is_global_zero and hasattr(self.logger.experiment, "add_histogram"):
-                self.logger.experiment.add_histogram(
-                    "refine/cluster_sizes", labels.cpu(), self.global_step, bins=self.hparams.n_clusters
-                )
+            if self.trainer.is_global_zero and isinstance(self.logger, TensorBoardLogger):
+                log_refresh(self.logger.experiment, self.trainer.datamodule.data.images, q, self.global_step)

@@ -4,7 +4,8 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from deep_clustering.kmeans import KMeansInit, kmeans
+from deep_clustering.errors import TrainingError
+from deep_clustering.kmeans import KMeansInit, kmeans, reseed_empty
 from deep_clustering.metrics import external_metrics
 
 
@@ -60,3 +61,19 @@ def test_initial_centers_recover_blobs(backend, manifold):
 def test_initial_centers_refuses_unknown_options():
     with pytest.raises(ValueError, match="init.manifold='umap'"):
         KMeansInit(2, manifold="umap")
+
+
+def test_reseed_empty_moves_the_empty_centre_to_the_worst_fit_sample():
+    z = torch.tensor([[0.0], [0.1], [10.0], [13.0]])
+    centers = torch.tensor([[0.0], [10.0], [100.0]])  # nobody is nearest to 100
+    new, empty = reseed_empty(z, centers)
+    assert empty == [2]
+    assert new[:, 0].tolist() == [0.0, 10.0, 13.0]  # 13 is the farthest from its centre (10)
+    assert reseed_empty(z, new)[1] == []
+
+
+def test_collapsed_codes_are_a_clear_error():
+    z = torch.ones(50, 4)
+    z[:2] = 0  # two distinct codes for three clusters
+    with pytest.raises(TrainingError, match="take only 2 distinct values, fewer than n_clusters=3"):
+        KMeansInit(3)(z)

@@ -49,8 +49,13 @@ def test_quick_run_leaves_everything_in_its_folder(tmp_path):
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     expected = {"pretrain/recon", "refine/kl", "refine/recon", "refine/delta_label", "val/acc", "val/nmi", "val/ari"}
+    expected |= {"lr-Adam", "refine/largest_cluster"}
     assert expected <= scalars, expected - scalars
     assert "refine/cluster_sizes" in events.Tags()["histograms"]
+    images = {"refine/most_confident", "final/confusion", "final/latent_pca", "final/latent_tsne"}
+    assert images <= set(events.Tags()["images"])
+    assert len(events.Images("refine/most_confident")) == 4  # one grid per refresh of P
+    assert (run_dir / "tensorboard" / "projector_config.pbtxt").exists()
     assert [e.step for e in events.Scalars("val/acc")] == [0, 10, 20, 30]  # one point per refresh of P
 
 
@@ -119,7 +124,9 @@ def test_two_processes_match_one(tmp_path, pretrained_digits):
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert two["processes"] == 2 and one["processes"] == 1
     centers = [
-        torch.load(tmp_path / r / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["dec"]["initial_centers"]
+        torch.load(tmp_path / r / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["state_dict"][
+            "initial_centers"
+        ]
         for r in ("one", "two")
     ]
     torch.testing.assert_close(centers[0], centers[1], atol=1e-4, rtol=1e-4)

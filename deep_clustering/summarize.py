@@ -1,0 +1,120 @@
+"""A sweep in one table: python -m deep_clustering.summarize multirun/DATE/TIME [--metric acc] [--over seed]
+
+Reads every job's metrics.json and .hydra/overrides.yaml, groups the jobs by their overrides
+(all but the ones averaged over, `seed` by default), and writes summary.csv and summary.md into the
+sweep folder: mean +- std, min and max of each metric per group, best group first.
+"""
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import yaml
+
+METRICS = ["acc", "nmi", "ari", "silhouette", "davies_bouldin", "calinski_harabasz", "seconds"]
+LOWER_IS_BETTER = {"davies_bouldin", "seconds"}
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """One row per finished job: its overrides (key -> value) and its metrics."""
+    rows = []
+    for metrics_file in sorted(sweep_dir.rglob("metrics.json")):
+        job = metrics_file.parent
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        metrics = json.loads(metrics_file.read_text())
+        values = {m: metrics[m] for m in METRICS if isinstance(metrics.get(m), (int, float))}
+        values["seconds"] = metrics["seconds"]["total"]
+        settings = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
+        rows.append({"job": str(job.relative_to(sweep_dir)), "settings": settings, "metrics": values})
+    return rows
+
+
+def summarize(rows: list[dict], metric: str, over: tuple[str, ...] = ("seed",)) -> list[dict]:
+    """Groups of jobs that differ only in the `over` keys, with mean, std, min and max of each
+    metric, sorted best first by `metric`."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = tuple(sorted((k, v) for k, v in row["settings"].items() if k not in over))
+        groups.setdefault(key, []).append(row)
+    table = []
+    for key, members in groups.items():
+        entry = {"settings": dict(key), "n": len(members)}
+        for m in METRICS:
+            values = [r["metrics"][m] for r in members if m in r["metrics"] and not math.isnan(r["metrics"][m])]
+            if values:
+                entry[m] = {
+                    "mean": statistics.fmean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "min": min(values),
+                    "max": max(values),
+                }
+        table.append(entry)
+    sign = 1 if metric in LOWER_IS_BETTER else -1
+    return sorted(table, key=lambda e: sign * e[metric]["mean"] if metric in e else math.inf)
+
+
+def varying(table: list[dict]) -> tuple[list[str], dict]:
+    """The settings that differ between groups, and those all groups share."""
+    keys = sorted({k for e in table for k in e["settings"]})
+    common = {k: table[0]["settings"].get(k) for k in keys if len({e["settings"].get(k) for e in table}) == 1}
+    return [k for k in keys if k not in common], common
+
+
+def to_markdown(table: list[dict], metric: str) -> str:
+    keys, common = varying(table)
+    shown = [m for m in METRICS if any(m in e for e in table)]
+    head = [*keys, "runs", *(f"{m} mean ± std [min, max]" for m in shown)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for e in table:
+        cells = [str(e["settings"].get(k, "")) for k in keys] + [str(e["n"])]
+        for m in shown:
+            s = e.get(m)
+            cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.4f}, {s['max']:.4f}]" if s else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    order = "lowest" if metric in LOWER_IS_BETTER else "highest"
+    shared = " ".join(f"{k}={v}" for k, v in common.items())
+    note = f"Sorted by {metric}, {order} first." + (f" Common to all: {shared}" if shared else "")
+    return "\n".join(lines) + f"\n\n{note}\n"
+
+
+def write(table: list[dict], metric: str, sweep_dir: Path) -> None:
+    keys = sorted({k for e in table for k in e["settings"]})
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max")]
+        out.writerow([*keys, "runs", *stats])
+        for e in table:
+            cells = [e["settings"].get(k, "") for k in keys] + [e["n"]]
+            cells += [e[m][s] if m in e else "" for m in METRICS for s in ("mean", "std", "min", "max")]
+            out.writerow(cells)
+    (sweep_dir / "summary.md").write_text(to_markdown(table, metric))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun folder (or any folder holding run folders)")
+    parser.add_argument("--metric", help="sort by this metric (default: acc where labels exist, else silhouette)")
+    parser.add_argument("--over", nargs="*", default=["seed"], help="settings averaged over (default: seed)")
+    args = parser.parse_args(argv)
+    rows = collect(args.sweep_dir)
+    if not rows:
+        parser.exit(2, f"error: no finished runs (metrics.json) under {args.sweep_dir}\n")
+    metric = args.metric or ("acc" if all("acc" in r["metrics"] for r in rows) else "silhouette")
+    if not any(metric in r["metrics"] for r in rows):
+        parser.exit(2, f"error: --metric {metric}: no run reports it (known: {', '.join(METRICS)})\n")
+    table = summarize(rows, metric, tuple(args.over))
+    write(table, metric, args.sweep_dir)
+    print(to_markdown(table, metric))
+    best = table[0]
+    keys, _ = varying(table)
+    setting = " ".join(f"{k}={best['settings'].get(k)}" for k in keys) or "(no settings varied)"
+    print(f"best: {setting}  {metric} {best[metric]['mean']:.4f} over {best['n']} run(s)")
+    print(f"wrote {args.sweep_dir / 'summary.csv'} and {args.sweep_dir / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()

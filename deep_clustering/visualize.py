@@ -1,0 +1,125 @@
+"""Pictures of a clustering for TensorBoard: pure functions from tensors to images and figures."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to memory
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from scipy.optimize import linear_sum_assignment  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+
+def confident_grid(images: Tensor, q: Tensor, per_cluster: int = 10) -> Tensor:
+    """The most confident samples of every cluster, one row per cluster (blank where a cluster has
+    fewer members).
+
+    Args:
+        images: (N, C, H, W) in [0, 1].
+        q: (N, K) soft assignments.
+
+    Returns:
+        (3, rows * (H + 2), per_cluster * (W + 2)) image for `add_image`.
+    """
+    confidence, pred = q.max(1)
+    tiles = []
+    for j in range(q.shape[1]):
+        members = torch.nonzero(pred == j).flatten()
+        best = members[confidence[members].argsort(descending=True)[:per_cluster]]
+        row = images[best.cpu()].float()
+        blank = torch.zeros(per_cluster - len(best), *images.shape[1:])
+        tiles.append(torch.cat([row, blank]))
+    grid = make_grid(torch.cat(tiles), nrow=per_cluster, padding=2, pad_value=0.5)
+    return grid.clamp(0, 1)
+
+
+def hungarian_order(pred: Tensor, target: Tensor) -> tuple[Tensor, list[int], list[int]]:
+    """The cluster x class count matrix, with clusters and classes ordered by their best one-to-one
+    matching, so that a good clustering is heavy on the diagonal."""
+    k, c = int(pred.max()) + 1, int(target.max()) + 1
+    counts = torch.zeros(k, c, dtype=torch.long)
+    counts.index_put_(
+        (pred.long().cpu(), target.long().cpu()), torch.ones(len(pred), dtype=torch.long), accumulate=True
+    )
+    rows, cols = linear_sum_assignment(-counts.numpy())
+    clusters = [int(r) for r in rows] + [r for r in range(k) if r not in rows]
+    classes = [int(col) for col in cols] + [col for col in range(c) if col not in cols]
+    return counts[clusters][:, classes], clusters, classes
+
+
+def confusion_figure(pred: Tensor, target: Tensor) -> plt.Figure:
+    """Cluster versus label counts, ordered by the Hungarian matching."""
+    counts, clusters, classes = hungarian_order(pred, target)
+    fig, ax = plt.subplots(figsize=(1 + 0.45 * len(classes), 1 + 0.45 * len(clusters)), dpi=100)
+    ax.imshow(counts.numpy(), cmap="Blues")
+    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_yticks(range(len(clusters)), [str(c) for c in clusters])
+    ax.set_xlabel("label")
+    ax.set_ylabel("cluster")
+    top = counts.max().item()
+    for (i, j), n in zip(
+        torch.cartesian_prod(torch.arange(len(clusters)), torch.arange(len(classes))).tolist(),
+        counts.flatten().tolist(),
+    ):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color="white" if n > top / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def latent_map_figure(points: Tensor, pred: Tensor, title: str) -> plt.Figure:
+    """A 2-D map of the latent codes (already projected to (N, 2)), coloured by cluster."""
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
+    ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), c=pred.numpy(), cmap="tab20", s=3)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def pca_2d(codes: Tensor) -> Tensor:
+    """(N, D) -> (N, 2): the codes on their two principal axes."""
+    centred = codes.float() - codes.float().mean(0)
+    _, _, v = torch.pca_lowrank(centred, q=min(2, codes.shape[1]), center=False)
+    return centred @ v[:, :2]
+
+
+def log_refresh(experiment, images: Tensor, q: Tensor, step: int) -> None:
+    """At each refresh of P: the most confident samples of every cluster and the cluster sizes."""
+    experiment.add_image("refine/most_confident", confident_grid(images, q.cpu()), step)
+    experiment.add_histogram("refine/cluster_sizes", q.argmax(1).cpu(), step, bins=q.shape[1])
+
+
+def log_final(
+    experiment, images: Tensor, codes: Tensor, pred: Tensor, labels: Tensor | None, step: int, max_points: int = 2000
+) -> None:
+    """At the end: the confusion matrix ordered by the Hungarian matching (all samples), the
+    embedding projector (codes with cluster and label as metadata, thumbnails as sprites) and 2-D
+    maps of the codes coloured by cluster (PCA; t-SNE; UMAP where umap-learn is installed), the
+    last three on a fixed random subsample of at most `max_points`."""
+    if labels is not None:
+        experiment.add_figure("final/confusion", confusion_figure(pred, labels), step)
+    sample = torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))[:max_points]
+    codes, few_pred, thumbs = codes[sample].float(), pred[sample], images[sample].float()
+    if labels is None:
+        experiment.add_embedding(codes, few_pred.tolist(), thumbs.expand(-1, 3, -1, -1), step, tag="latent")
+    else:
+        meta = [[int(c), int(t)] for c, t in zip(few_pred, labels[sample])]
+        header = ["cluster", "label"]
+        experiment.add_embedding(codes, meta, thumbs.expand(-1, 3, -1, -1), step, tag="latent", metadata_header=header)
+    maps = {"pca": pca_2d(codes)}
+    from sklearn.manifold import TSNE
+
+    n = min(len(codes), 1000)  # t-SNE costs seconds per thousand points
+    maps["tsne"] = torch.from_numpy(TSNE(2, random_state=0, init="pca").fit_transform(codes[:n].numpy()))
+    try:
+        import umap
+
+        maps["umap"] = torch.from_numpy(umap.UMAP(random_state=0).fit_transform(codes.numpy()))
+    except ImportError:
+        pass
+    for name, points in maps.items():
+        figure = latent_map_figure(points, few_pred[: len(points)], f"latent codes, {name.upper()}")
+        experiment.add_figure(f"final/latent_{name}", figure, step)

@@ -1,0 +1,89 @@
+"""Hydra multiruns: one folder per job, a summary that matches them, K chosen by internal scores,
+Optuna, and the SLURM launcher config."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from deep_clustering.summarize import main as summarize
+from tests.conftest import ROOT
+
+QUICK = ["pretrain.epochs=10", "refine.max_iters=40", "refine.update_interval=10", "init.manifold=none"]
+
+
+def multirun(sweep_dir: Path, *overrides: str) -> None:
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        "trainer.enable_progress_bar=false",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([*cmd, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_job_sweep_and_its_summary(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "seed=0,1", *QUICK)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [j.name for j in jobs] == ["0", "1"]
+    accs = []
+    for job in jobs:
+        for path in ["metrics.json", "predictions.csv", "checkpoints/refine/last.ckpt", ".hydra/overrides.yaml"]:
+            assert (job / path).exists(), (job, path)
+        accs.append(json.loads((job / "metrics.json").read_text())["acc"])
+        events = EventAccumulator(str(job / "tensorboard"))
+        events.Reload()
+        assert "_hparams_/session_end_info" in events.PluginTagToContent("hparams")  # the hparams tab lists the job
+    summarize([str(sweep)])
+    assert "best:" in capsys.readouterr().out
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["runs"] == "2"  # one group: the jobs differ only in the seed
+    assert float(rows[0]["acc_mean"]) == pytest.approx(np.mean(accs))
+    assert float(rows[0]["acc_std"]) == pytest.approx(np.std(accs, ddof=1))
+    assert float(rows[0]["acc_min"]) == min(accs) and float(rows[0]["acc_max"]) == max(accs)
+    assert (sweep / "summary.md").read_text().startswith("| runs | acc mean ± std [min, max]")
+
+
+def test_k_sweep_finds_the_true_number_of_clusters(tmp_path, capsys):
+    # four well-separated 8x8 prototypes, 60 noisy copies each, no labels
+    gen = np.random.default_rng(0)
+    prototypes = gen.random((4, 8, 8)) > 0.5
+    x = np.concatenate([np.clip(p + gen.normal(0, 0.05, (60, 8, 8)), 0, 1) for p in prototypes]).astype(np.float32)
+    np.savez(tmp_path / "blobs.npz", x_train=x)
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "n_clusters=3,4,5,6", "data=npz", f"data.path={tmp_path / 'blobs.npz'}", *QUICK)
+    summarize([str(sweep), "--metric", "silhouette"])
+    out = capsys.readouterr().out
+    assert "best: n_clusters=4 " in out, out
+
+
+def test_optuna_search_reports_the_best_trial(tmp_path):
+    sweep = tmp_path / "study"
+    multirun(sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2", *QUICK)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    accs = [json.loads((sweep / j / "metrics.json").read_text())["acc"] for j in ("0", "1")]
+    assert best["best_value"] == pytest.approx(max(accs))
+    # the command line fixes refine.update_interval, which takes it out of the search space
+    assert set(best["best_params"]) == {"refine.gamma", "refine.optimizer.lr"}
+
+
+def test_slurm_launcher_config_composes():
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"], return_hydra_config=True
+        )
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.tasks_per_node == 4 and cfg.hydra.launcher.gpus_per_node == 4

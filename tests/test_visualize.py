@@ -1,0 +1,45 @@
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from deep_clustering.visualize import confident_grid, hungarian_order, log_final, log_refresh
+
+
+def test_confident_grid_has_one_row_per_cluster():
+    images = torch.rand(30, 1, 8, 8)
+    q = torch.softmax(torch.randn(30, 4), 1)
+    grid = confident_grid(images, q, per_cluster=5)
+    assert grid.shape == (3, 4 * 10 + 2, 5 * 10 + 2)  # rows of 8 + 2 padding, plus the outer border
+
+
+def test_confident_grid_puts_the_most_confident_first():
+    images = torch.stack([torch.full((1, 2, 2), v) for v in (0.1, 0.9, 0.5)])
+    q = torch.tensor([[0.6, 0.4], [0.95, 0.05], [0.8, 0.2]])  # all in cluster 0
+    grid = confident_grid(images, q, per_cluster=3)
+    firsts = [grid[0, 2, 2 + 4 * i].item() for i in range(3)]  # top-left pixel of each tile
+    assert firsts == [0.8999999761581421, 0.5, 0.10000000149011612]
+
+
+def test_hungarian_order_puts_matches_on_the_diagonal():
+    target = torch.tensor([0, 0, 1, 1, 2, 2])
+    pred = torch.tensor([2, 2, 0, 0, 1, 1])
+    counts, clusters, classes = hungarian_order(pred, target)
+    assert torch.equal(counts, 2 * torch.eye(3, dtype=torch.long))
+    assert [(c, t) for c, t in zip(clusters, classes)] == [(0, 1), (1, 2), (2, 0)]
+
+
+def test_views_land_in_tensorboard(tmp_path):
+    images, labels = torch.rand(60, 1, 8, 8), torch.arange(60) % 3
+    codes = torch.randn(60, 5) + labels[:, None] * 5
+    q = torch.softmax(-torch.cdist(codes, codes[:3]), 1)
+    with SummaryWriter(str(tmp_path)) as writer:
+        log_refresh(writer, images, q, 0)
+        log_final(writer, images, codes, q.argmax(1), labels, 7)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    shown = set(events.Tags()["images"])
+    assert {"refine/most_confident", "final/confusion", "final/latent_pca", "final/latent_tsne"} <= shown
+    assert "refine/cluster_sizes" in events.Tags()["histograms"]
+    assert (tmp_path / "projector_config.pbtxt").exists()
+    meta = (tmp_path / "00007" / "latent" / "metadata.tsv").read_text().splitlines()
+    assert meta[0] == "cluster\tlabel" and len(meta) == 61
