@@ -20,17 +20,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from deep_clustering import pipeline, runs
-from deep_clustering.config import check_config
+from deep_clustering.config import check_config, reference_config
 from deep_clustering.errors import InputError, TrainingError
 
 log = logging.getLogger("deep_clustering")
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-OmegaConf.register_new_resolver("dc.run_dir", runs.run_dir)
-OmegaConf.register_new_resolver("dc.config_subdir", runs.config_subdir)
+runs.register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -44,9 +43,7 @@ def main(cfg: DictConfig) -> float:
             cfg = runs.resumed_config(cfg, list(HydraConfig.get().overrides.task), run_dir)
             log.info("resuming the run in %s", run_dir)
         else:
-            choices = HydraConfig.get().runtime.choices
-            overrides = [f"{k}={v}" for k, v in choices.items() if v is not None and not k.startswith("hydra")]
-            check_config(cfg, hydra.compose(config_name="train", overrides=overrides))
+            check_config(cfg, reference_config(HydraConfig.get().runtime.choices))
         result = pipeline.train(cfg, instantiate(cfg.data, _convert_="all"), run_dir, started)
     except Exception as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) else e

@@ -1,9 +1,10 @@
 """Checks of what the user gave us, made before any training starts."""
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import hydra
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +24,13 @@ def check_config(cfg: DictConfig, reference: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):
             raise InputError(f"{key}={value} is out of range: it must be {meaning}")
+
+
+def reference_config(choices: Mapping[str, str | None]) -> DictConfig:
+    """The config groups that were chosen (data=..., model=...), composed without the command line's
+    value overrides: what `check_config` compares against. Needs Hydra initialised."""
+    groups = [f"{k}={v}" for k, v in choices.items() if v is not None and not k.startswith("hydra")]
+    return hydra.compose(config_name="train", overrides=groups)
 
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -75,6 +83,8 @@ def _is_parameter(target: Any, key: str) -> bool:
 def _same_type(value: Any, ref: Any) -> bool:
     if isinstance(value, str) and value.startswith("${"):  # an interpolation: checked when resolved
         return True
+    if value is None:  # null stands for "none" where a name or path is expected (weights, paths)
+        return isinstance(ref, str)
     if isinstance(ref, bool) or isinstance(value, bool):
         return type(value) is type(ref)
     if isinstance(ref, float):

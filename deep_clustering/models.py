@@ -2,6 +2,7 @@
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from deep_clustering.errors import InputError
@@ -29,6 +30,7 @@ class ConvAutoencoder(nn.Module):
         paddings: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
+        self.latent_dim = latent_dim
         paddings = tuple(k // 2 for k in kernels) if paddings is None else tuple(paddings)
         if not len(channels) == len(kernels) == len(paddings):
             raise InputError(
@@ -84,6 +86,7 @@ class MLPAutoencoder(nn.Module):
         hidden: tuple[int, ...] = (500, 500, 2000),
     ) -> None:
         super().__init__()
+        self.latent_dim = latent_dim
         shape = (in_channels, *image_size)
         dims = [math.prod(shape), *hidden, latent_dim]
         self.encoder = nn.Sequential(nn.Flatten(), *_mlp(dims))
@@ -102,6 +105,103 @@ def _mlp(dims: list[int]) -> list[nn.Module]:
         if i < len(dims) - 2:
             layers.append(nn.ReLU(inplace=True))
     return layers
+
+
+class PretrainedBackbone(nn.Module):
+    """A torchvision ImageNet network as the encoder, the classic alternative to an autoencoder.
+
+    Images are converted to 3 channels, resized to `input_size` and normalised as ImageNet was;
+    the codes are the network's penultimate features (ResNet: after pooling; VGG: the 4,096 of the
+    second fully connected layer), optionally through a small trainable linear head. There is no
+    decoder: the run skips pretraining and refines with DEC's loss alone.
+
+    Args:
+        arch: resnet18, resnet50 or vgg16.
+        weights: 'DEFAULT' (torchvision's ImageNet weights, downloaded once into torch's cache),
+            the path of a saved state dict, or None (random weights: for tests).
+        head_dim: size of a linear head on the features, trained by DEC; None keeps the features.
+        freeze: keep the network's weights fixed (only the head and the centres train).
+    """
+
+    ARCHS = ("resnet18", "resnet50", "vgg16")
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: tuple[int, int],
+        arch: str = "resnet18",
+        weights: str | None = "DEFAULT",
+        head_dim: int | None = None,
+        freeze: bool = True,
+        input_size: int = 224,
+    ) -> None:
+        super().__init__()
+        from torchvision.models import get_model
+
+        if arch not in self.ARCHS:
+            raise InputError(f"model.arch={arch!r} must be one of {', '.join(self.ARCHS)}")
+        net = get_model(arch, weights=None)
+        if weights == "DEFAULT":
+            from torchvision.models import get_model_weights
+
+            try:
+                net.load_state_dict(get_model_weights(arch).DEFAULT.get_state_dict(progress=False))
+            except Exception as e:
+                raise InputError(
+                    f"model.weights=DEFAULT: cannot fetch torchvision's {arch} weights ({type(e).__name__}); "
+                    f"offline, give a saved state dict: model.weights=PATH"
+                ) from None
+        elif weights:
+            try:
+                net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            except Exception as e:
+                raise InputError(f"model.weights={weights}: not {arch} weights ({type(e).__name__}: {e})") from None
+        if arch == "vgg16":
+            features, trunk = 4096, nn.Sequential(net.features, net.avgpool, nn.Flatten(), *net.classifier[:5])
+        else:
+            features, trunk = net.fc.in_features, nn.Sequential(*list(net.children())[:-1], nn.Flatten())
+        if freeze:
+            trunk.requires_grad_(False)
+        head = nn.Linear(features, head_dim) if head_dim else nn.Identity()
+        self.latent_dim = head_dim or features
+        self.encoder = nn.Sequential(_ImageNetInput(input_size), _FrozenEval(trunk) if freeze else trunk, head)
+        self.decoder = None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, None]:
+        return self.encoder(x), None
+
+
+class _ImageNetInput(nn.Module):
+    """[0, 1] images with 1 or 3 channels -> 3 channels, resized, normalised as ImageNet."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        if x.shape[-2:] != (self.size, self.size):
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+
+class _FrozenEval(nn.Module):
+    """A frozen network kept in eval mode (batch norm uses its running statistics) whatever the
+    mode of the model around it."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def train(self, mode: bool = True) -> "_FrozenEval":
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
 
 
 class ClusteringLayer(nn.Module):

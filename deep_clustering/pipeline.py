@@ -18,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from deep_clustering import runs
+from deep_clustering.baselines import run_baselines
 from deep_clustering.callbacks import AtomicCheckpointIO, FiniteLoss, LastCheckpoint
 from deep_clustering.data import ImageDataModule, ImageSet
+from deep_clustering.distributed import embed_all
 from deep_clustering.errors import InputError
 from deep_clustering.export import load_autoencoder, save_autoencoder, write_metrics, write_predictions
 from deep_clustering.metrics import external_metrics, internal_metrics
@@ -59,7 +61,9 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     # 1. pretrain the autoencoder (or load one pretrained earlier, or by this run before it was interrupted)
     start = time.perf_counter()
     pretrained = cfg.pretrained or (run_dir / "autoencoder.pt" if (run_dir / "autoencoder.pt").exists() else None)
-    if pretrained:
+    if autoencoder.decoder is None:
+        log.info("stage 1/4: %s has no decoder: nothing to pretrain, DEC's loss alone", cfg.model._target_)
+    elif pretrained:
         load_autoencoder(str(pretrained), autoencoder)
         log.info("stage 1/4: loaded the pretrained autoencoder %s", pretrained)
     else:
@@ -74,6 +78,13 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     seconds["pretrain"] = time.perf_counter() - start
 
     # 2-3. K-means on the codes gives the centres; refine encoder and centres on KL(P || Q)
+    trainer = _trainer(cfg, run_dir, "refine", logger, max_steps=cfg.refine.max_iters, max_epochs=-1)
+    baselines = {}
+    if cfg.baselines:  # other clusterers on the same pretrained codes, for comparison
+        device = trainer.strategy.root_device
+        codes = embed_all(autoencoder.encoder.to(device), data.on(device), batch_size=4096)
+        if trainer.is_global_zero:
+            baselines = run_baselines(list(cfg.baselines), codes.cpu(), data.labels, cfg.n_clusters, cfg.seed)
     log.info("stage 2-3/4: K-means (%d restarts, manifold %s), then refinement", cfg.init.n_init, cfg.init.manifold)
     start = time.perf_counter()
     dec = DECModule(
@@ -82,13 +93,14 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         instantiate(cfg.refine.optimizer),
         instantiate(cfg.init, n_clusters=cfg.n_clusters, seed=cfg.seed),
         n_clusters=cfg.n_clusters,
-        latent_dim=cfg.model.latent_dim,
+        latent_dim=autoencoder.latent_dim,
         gamma=cfg.refine.gamma,
         alpha=cfg.refine.alpha,
         update_interval=cfg.refine.update_interval,
         tol=cfg.refine.tol,
+        model=OmegaConf.to_container(cfg.model),
+        input_shape=[data.channels, *data.image_size],
     )
-    trainer = _trainer(cfg, run_dir, "refine", logger, max_steps=cfg.refine.max_iters, max_epochs=-1)
     datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed)
     trainer.fit(dec, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "refine"))
     seconds["kmeans"] = float(dec.kmeans_seconds)
@@ -118,6 +130,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "device": _device_name(device),
         "processes": trainer.world_size,
         "resumed": bool(cfg.resume),
+        "baselines": baselines,
     }
     write_predictions(run_dir / "predictions.csv", pred.cpu(), confidence.cpu(), data.files, data.labels)
     write_metrics(run_dir / runs.FINISHED, metrics)  # last: its presence marks the run finished
@@ -163,3 +176,33 @@ def _flat(cfg: DictConfig) -> dict:
         else:
             out[key] = value
     return out
+
+
+def load_trained(path: str | Path) -> DECModule:
+    """The clustering model of a finished run: its folder, or a refinement checkpoint."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "checkpoints" / "refine" / "last.ckpt"
+    if not file.is_file():
+        raise InputError(f"checkpoint={path}: neither a finished run's folder nor a refinement checkpoint")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+        hparams, weights = dict(checkpoint["hyper_parameters"]), checkpoint["state_dict"]
+        model_cfg, shape = hparams.pop("model"), hparams.pop("input_shape")
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+        raise InputError(f"checkpoint={file}: not a refinement checkpoint of this trainer ({reason})") from None
+    if "weights" in model_cfg:
+        model_cfg["weights"] = None  # the checkpoint holds them; nothing to download
+    net = instantiate(model_cfg, in_channels=shape[0], image_size=tuple(shape[1:]), _convert_="all")
+    decoder = net.decoder if any(k.startswith("decoder.") for k in weights) else None
+    model = DECModule(net.encoder, decoder, None, None, **hparams, model=model_cfg, input_shape=shape)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' (a GPU when there is one), or any torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

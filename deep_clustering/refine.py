@@ -43,7 +43,11 @@ class DECModule(L.LightningModule):
         update_interval: int = 140,
         tol: float = 1e-3,
         embed_batch_size: int = 4096,
+        model: dict | None = None,
+        input_shape: list[int] | None = None,
     ) -> None:
+        """`model` (the network's config) and `input_shape` (C, H, W) are only recorded, so that a
+        checkpoint can rebuild the network (`deep_clustering.pipeline.load_trained`)."""
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "initializer"])
         self.encoder = encoder

@@ -14,16 +14,23 @@ CONFIG = ".hydra/config.yaml"  # the composed config Hydra saves in every run fo
 FINISHED = "metrics.json"  # written last: its presence means the run completed
 
 
+def register_resolvers() -> None:
+    """The resolvers configs/*.yaml use for Hydra's folders."""
+    OmegaConf.register_new_resolver("dc.run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("dc.config_subdir", config_subdir, replace=True)
+
+
 @cache  # resolved once per process: the folder must not move once Hydra made it
 def run_dir(base: str, resume: str | None = None) -> str:
-    """Hydra's run folder (resolver `dc.run_dir`).
+    """Hydra's run folder (resolver `dc.run_dir`): `resume` if set (`check_resume` vetted it before
+    Hydra started), else `new_folder(base)`."""
+    return str(resume) if resume else new_folder(base)
 
-    `resume` set: that folder (`check_resume` vetted it before Hydra started). Otherwise a new
-    folder under `base`: DATE/TIME, then -1, -2, ... if taken. The processes of one SLURM step or
-    torchrun job share one (slurm-JOB.STEP, torchrun-ID), the same again when the job is requeued.
-    """
-    if resume:
-        return str(resume)
+
+def new_folder(base: str) -> str:
+    """A new folder under `base` that no earlier run used: DATE/TIME, then -1, -2, ... if taken. The
+    processes of one SLURM step or torchrun job share one (slurm-JOB.STEP, torchrun-ID), the same
+    again when the job is requeued."""
     if "SLURM_JOB_ID" in os.environ and "SLURM_STEP_ID" in os.environ:
         return f"{base}/slurm-{os.environ['SLURM_JOB_ID']}.{os.environ['SLURM_STEP_ID']}"
     if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":

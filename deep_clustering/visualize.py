@@ -34,6 +34,16 @@ def confident_grid(images: Tensor, q: Tensor, per_cluster: int = 10) -> Tensor:
     return grid.clamp(0, 1)
 
 
+def contact_sheet(images: Tensor, confidence: Tensor, max_images: int = 64, per_row: int = 8) -> Tensor:
+    """One cluster's most confident images, most confident first, `per_row` to a row.
+
+    Args:
+        images: (N, C, H, W) the cluster's images; confidence: (N,) their q for the cluster.
+    """
+    best = confidence.argsort(descending=True)[:max_images]
+    return make_grid(images[best].float(), nrow=per_row, padding=2, pad_value=1.0).clamp(0, 1)
+
+
 def hungarian_order(pred: Tensor, target: Tensor) -> tuple[Tensor, list[int], list[int]]:
     """The cluster x class count matrix, with clusters and classes ordered by their best one-to-one
     matching, so that a good clustering is heavy on the diagonal."""

@@ -1,0 +1,110 @@
+"""DEC / IDEC / DCEC as a scikit-learn style estimator for notebooks, on the same configs and
+pipeline as `python train.py` (each fit is a run, with its own folder under outputs/).
+
+    from deep_clustering.api import DeepClustering
+
+    model = DeepClustering(n_clusters=10, overrides=["pretrain.epochs=50"])
+    labels = model.fit_predict(x)          # x: (N, H, W), (N, H, W, C) or (N, C, H, W), numpy or torch
+    codes = model.transform(x)             # (N, latent_dim) latent codes
+    model = DeepClustering.load("outputs/2026-11-27/10-00-00")
+    model.predict(new_images)
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+
+from deep_clustering import pipeline, runs
+from deep_clustering.config import check_config, reference_config
+from deep_clustering.data import from_arrays
+from deep_clustering.errors import InputError
+from deep_clustering.pipeline import pick_device
+from deep_clustering.refine import DECModule
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs/ (an editable install)
+
+
+class DeepClustering:
+    """Deep embedded clustering of images.
+
+    Args:
+        n_clusters: K.
+        overrides: any other config value, in the command line's syntax (`model=fc`,
+            `refine.gamma=0.5`, `trainer=gpu`, ...).
+        seed: seeds the whole run.
+        run_dir: where the run's files go; None makes a new outputs/DATE/TIME folder.
+        device: where predict and transform run: 'auto' (a GPU when there is one), 'cpu', 'cuda', ...
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 10,
+        overrides: Sequence[str] = (),
+        seed: int = 0,
+        run_dir: str | None = None,
+        device: str = "auto",
+    ) -> None:
+        self.n_clusters, self.overrides, self.seed = n_clusters, list(overrides), seed
+        self.run_dir, self.device = run_dir, device
+
+    def fit(self, X, y=None) -> "DeepClustering":
+        """Train on images X; labels y, where known, only add ACC / NMI / ARI to `metrics_`."""
+        runs.register_resolvers()
+        overrides = [f"n_clusters={self.n_clusters}", f"seed={self.seed}", *self.overrides]
+        with initialize_config_dir(str(CONFIGS), version_base="1.3", job_name="api"):
+            full = compose("train", overrides=overrides, return_hydra_config=True)
+            cfg = compose("train", overrides=overrides)
+            check_config(cfg, reference_config(full.hydra.runtime.choices))
+        run_dir = Path(self.run_dir or runs.new_folder("outputs"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data = from_arrays(_numpy(X), None if y is None else _numpy(y), "X")
+        result = pipeline.train(cfg, data, run_dir)
+        self.model_: DECModule = result.model
+        self.labels_ = result.q.argmax(1).numpy()  # clusters of the training images
+        self.metrics_ = result.metrics  # what metrics.json holds
+        self.run_dir_ = run_dir
+        return self
+
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        return self.fit(X, y).labels_
+
+    def predict(self, X) -> np.ndarray:
+        """(N,) cluster of each image."""
+        return self.predict_proba(X).argmax(1)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(N, K) soft assignments q."""
+        return self._forward(X)[1]
+
+    def transform(self, X) -> np.ndarray:
+        """(N, latent_dim) latent codes."""
+        return self._forward(X)[0]
+
+    @classmethod
+    def load(cls, path: str, device: str = "auto") -> "DeepClustering":
+        """A trained model from a finished run's folder or its refinement checkpoint."""
+        self = cls(device=device)
+        self.model_ = pipeline.load_trained(path)
+        self.n_clusters = self.model_.hparams.n_clusters
+        return self
+
+    def _forward(self, X) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self, "model_"):
+            raise InputError("this DeepClustering is not fitted: call fit(X) or DeepClustering.load(run_dir) first")
+        images = from_arrays(_numpy(X), None, "X").images
+        expected = list(self.model_.hparams.input_shape)
+        if list(images.shape[1:]) != expected:
+            got = "x".join(map(str, images.shape[1:]))
+            raise InputError(
+                f"X holds {got} images; the model was trained on {'x'.join(map(str, expected))} (C x H x W)"
+            )
+        device = pick_device(self.device)
+        codes, q = self.model_.to(device).predict_all(images.to(device))
+        return codes.cpu().numpy(), q.cpu().numpy()
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -1,0 +1,104 @@
+"""Sort new images with a trained model:
+
+    python -m deep_clustering.predict checkpoint=RUN_DIR data.path=DIR [folders=link] [device=cuda]
+
+Writes into predictions/DATE/TIME: predictions.csv (file, cluster, confidence, distance to the
+centre), codes.npy (the latent codes), contact_sheets/cluster_K.png (the most confident images of
+each cluster) and, with folders=link or copy, clusters/K/ holding each cluster's images.
+"""
+
+import csv
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from torchvision.utils import save_image
+
+from deep_clustering import runs
+from deep_clustering.data import ImageSet
+from deep_clustering.errors import InputError
+from deep_clustering.export import atomic_write
+from deep_clustering.pipeline import load_trained
+from deep_clustering.visualize import contact_sheet
+
+runs.register_resolvers()
+
+
+def predict(cfg: DictConfig, out: Path) -> dict:
+    """Assign every image of cfg.data to a cluster of the model in cfg.checkpoint; returns counts."""
+    if cfg.folders not in ("none", "link", "copy"):
+        raise InputError(f"folders={cfg.folders!r} must be none, link or copy")
+    model = load_trained(cfg.checkpoint)
+    shape = list(model.hparams.input_shape)
+    fill = {"channels": shape[0], "image_size": shape[1:]}  # image folders: converted to what the model expects
+    data: ImageSet = instantiate(cfg.data, **{k: v for k, v in fill.items() if k in cfg.data}, _convert_="all")
+    if list(data.images.shape[1:]) != shape:
+        got, want = "x".join(map(str, data.images.shape[1:])), "x".join(map(str, shape))
+        raise InputError(f"the data holds {got} images (C x H x W); the model in {cfg.checkpoint} expects {want}")
+    device = torch.device(
+        "cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu" if cfg.device == "auto" else cfg.device
+    )
+    model.hparams.embed_batch_size = cfg.batch_size
+    codes, q = model.to(device).predict_all(data.on(device))
+    confidence, pred = q.max(1)
+    distance = (codes - model.head.centers[pred]).norm(dim=1)
+    codes, q, confidence, pred, distance = (t.cpu() for t in (codes, q, confidence, pred, distance))
+
+    names = data.files or [str(i) for i in range(len(data))]
+
+    def write(f) -> None:
+        rows = csv.writer(f)
+        rows.writerow(["file" if data.files else "index", "cluster", "confidence", "distance"])
+        rows.writerows(
+            zip(
+                names, pred.tolist(), (f"{c:.6f}" for c in confidence.tolist()), (f"{d:.6f}" for d in distance.tolist())
+            )
+        )
+
+    atomic_write(out / "predictions.csv", write)
+    if cfg.codes:
+        np.save(out / "codes.npy", codes.numpy())
+    if cfg.contact_sheets:
+        (out / "contact_sheets").mkdir()
+        for k in range(q.shape[1]):
+            members = pred == k
+            if members.any():
+                sheet = contact_sheet(data.images[members], confidence[members], max_images=cfg.contact_sheets)
+                save_image(sheet, out / "contact_sheets" / f"cluster_{k}.png")
+    if cfg.folders != "none" and data.files:
+        root = Path(cfg.data.path).expanduser().resolve()
+        for name, k in zip(data.files, pred.tolist()):
+            target = out / "clusters" / str(k) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if cfg.folders == "link":
+                os.symlink(root / name, target)
+            else:
+                shutil.copy2(root / name, target)
+    return {int(k): int(n) for k, n in zip(*torch.unique(pred, return_counts=True))}
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        counts = predict(cfg, out)
+    except Exception as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) else e
+        if isinstance(cause, (InputError, OmegaConfBaseException)):
+            sys.exit(f"error: {str(cause).splitlines()[0]}")
+        raise
+    print(f"predictions: {out}")
+    print("images per cluster: " + ", ".join(f"{k}: {n}" for k, n in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Using a trained model: the Python estimator, the predict command, pretrained backbones, baselines."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deep_clustering.api import DeepClustering
+from deep_clustering.data import load_digits
+from deep_clustering.errors import InputError
+from tests.conftest import ROOT, run_train
+
+QUICK = ["pretrain.epochs=10", "refine.max_iters=40", "refine.update_interval=10", "init.manifold=none"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    return d.images[:, 0].numpy(), d.labels.numpy()  # (N, 8, 8) floats in [0, 1]
+
+
+def test_estimator_fit_predict_transform_load(digits, tmp_path):
+    x, y = digits
+    model = DeepClustering(n_clusters=10, overrides=QUICK, run_dir=str(tmp_path / "run"))
+    labels = model.fit_predict(x, y)
+    assert labels.shape == (1797,) and model.metrics_["acc"] > 0.5
+    assert (tmp_path / "run" / "metrics.json").exists()  # a fit is a run like the command line's
+    np.testing.assert_array_equal(model.predict(x), labels)
+    assert model.transform(torch.from_numpy(x)).shape == (1797, 10)
+    proba = model.predict_proba(x[:5])
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    again = DeepClustering.load(str(tmp_path / "run"))
+    np.testing.assert_array_equal(again.predict(x), labels)
+    with pytest.raises(InputError, match="X holds 1x16x16 images; the model was trained on 1x8x8"):
+        again.predict(np.zeros((3, 16, 16)))
+
+
+def test_unfitted_estimator_says_so():
+    with pytest.raises(InputError, match="not fitted"):
+        DeepClustering().predict(np.zeros((2, 8, 8)))
+
+
+def predict_cli(*overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "deep_clustering.predict", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_predict_command_sorts_a_folder(pretrained_digits, tmp_path):
+    digits = load_digits()
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i in range(100):  # larger than the 8x8 the model saw: converted back on load
+        img = Image.fromarray((digits.images[i, 0].numpy() * 255).astype(np.uint8)).resize((16, 16), Image.NEAREST)
+        img.save(folder / f"{i:03d}.png")
+    out = tmp_path / "out"
+    proc = predict_cli(f"checkpoint={pretrained_digits}", f"data.path={folder}", "folders=link", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 100 and list(rows[0]) == ["file", "cluster", "confidence", "distance"]
+    assert np.load(out / "codes.npy").shape == (100, 10)
+    clusters = {r["cluster"] for r in rows}
+    assert {p.stem for p in (out / "contact_sheets").iterdir()} == {f"cluster_{k}" for k in clusters}
+    linked = sorted(str(p.relative_to(out / "clusters")) for p in (out / "clusters").rglob("*.png"))
+    assert linked == sorted(f"{r['cluster']}/{r['file']}" for r in rows)
+    # the same images as the training run saw them: mostly the same clusters (PNG rounding aside)
+    with open(pretrained_digits / "predictions.csv") as f:
+        trained = [r["cluster"] for r in csv.DictReader(f)][:100]
+    agree = np.mean([r["cluster"] == t for r, t in zip(rows, trained)])
+    assert agree >= 0.9, agree
+
+
+def test_predict_refuses_images_of_another_shape(pretrained_digits, tmp_path):
+    np.savez(tmp_path / "rgb.npz", x_train=np.zeros((4, 8, 8, 3), np.uint8))
+    proc = predict_cli(
+        f"checkpoint={pretrained_digits}",
+        "data=npz",
+        f"data.path={tmp_path / 'rgb.npz'}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    )
+    assert proc.returncode != 0
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("error: the data holds 3x8x8 images (C x H x W); the model in")
+    )
+
+
+def test_resnet_backbone_end_to_end(tmp_path, digits):
+    x, y = digits
+    np.savez(tmp_path / "small.npz", x_train=x[:300], y_train=y[:300])
+    overrides = [
+        "model=resnet18",
+        "model.weights=null",
+        "model.input_size=32",
+        "data=npz",
+        f"data.path={tmp_path / 'small.npz'}",
+    ]
+    run_train(tmp_path / "run", *overrides, "refine.max_iters=20", "refine.update_interval=10", "init.manifold=none")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_samples"] == 300 and metrics["seconds"]["pretrain"] < 1  # nothing to pretrain
+    state = torch.load(tmp_path / "run" / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["state_dict"]
+    assert not any(k.startswith("decoder.") for k in state) and state["head.centers"].shape == (10, 512)
+    assert DeepClustering.load(str(tmp_path / "run")).predict(x[:300]).shape == (300,)
+
+
+def test_backbone_weights_file_must_fit(tmp_path):
+    torch.save({"not": torch.zeros(1)}, tmp_path / "w.pth")
+    proc = run_train(tmp_path / "run", "model=resnet18", f"model.weights={tmp_path / 'w.pth'}", check=False)
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: model.weights={tmp_path / 'w.pth'}: not resnet18 weights")
+    )
+
+
+def test_baselines_are_reported_beside_dec(pretrained_digits):
+    metrics = json.loads((pretrained_digits / "metrics.json").read_text())
+    assert set(metrics["baselines"]) == {"kmeans", "gmm"}
+    for scores in metrics["baselines"].values():
+        assert 0.5 < scores["acc"] <= 1 and scores["n_clusters_found"] == 10
