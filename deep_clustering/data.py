@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -278,14 +279,39 @@ class ShardedBatches(Sampler):
         yield from order.split(self.batch_size)[skip:]
 
 
-class ImageDataModule(L.LightningDataModule):
-    """Hands out batches as (images, sample indices), the images indexed out of one device tensor."""
+def random_affine(x: Tensor, shift: float, rotation: float, gen: torch.Generator) -> Tensor:
+    """Each image shifted by up to `shift` of its size and rotated by up to `rotation` degrees,
+    independently and uniformly (DEC-DA's augmentation), zeros filling in.
 
-    def __init__(self, data: ImageSet, batch_size: int, seed: int = 0) -> None:
+    Args:
+        x: (B, C, H, W) images; gen: a generator on x's device, so the draw can be repeated.
+    """
+    b = x.shape[0]
+    u = torch.rand(b, 3, generator=gen, device=x.device) * 2 - 1
+    angle = u[:, 0] * rotation * math.pi / 180
+    cos, sin = angle.cos(), angle.sin()
+    tx, ty = u[:, 1] * shift * 2, u[:, 2] * shift * 2  # affine_grid's coordinates span [-1, 1]
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Hands out batches as (images, sample indices), the images indexed out of one device tensor,
+    randomly shifted and rotated when `shift` or `rotation` is set.
+
+    The augmentation draws from a generator seeded by (seed, step, rank), so a resumed run draws
+    what the uninterrupted run drew.
+    """
+
+    def __init__(
+        self, data: ImageSet, batch_size: int, seed: int = 0, shift: float = 0.0, rotation: float = 0.0
+    ) -> None:
         super().__init__()
         self.data = data
         self.batch_size = batch_size
         self.seed = seed
+        self.shift, self.rotation = shift, rotation
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -296,4 +322,10 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(_Indices(len(self.data)), batch_sampler=sampler, collate_fn=_as_is)
 
     def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        return self.data.on(batch.device)[batch], batch
+        x = self.data.on(batch.device)[batch]
+        if self.shift or self.rotation:
+            trainer = self.trainer
+            key = (self.seed * 1_000_003 + trainer.global_step) * 1024 + trainer.global_rank
+            gen = torch.Generator(device=batch.device).manual_seed(key)
+            x = random_affine(x, self.shift, self.rotation, gen)
+        return x, batch

@@ -70,7 +70,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         log.info("stage 1/4: pretraining the autoencoder for %d epochs", cfg.pretrain.epochs)
         trainer = _trainer(cfg, run_dir, "pretrain", logger, max_epochs=cfg.pretrain.epochs)
         module = AutoencoderModule(autoencoder, instantiate(cfg.pretrain.optimizer))
-        datamodule = ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed)
+        datamodule = ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed, **cfg.augment)
         trainer.fit(module, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "pretrain"))
         if trainer.is_global_zero:
             model_cfg = OmegaConf.to_container(cfg.model)
@@ -101,7 +101,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         model=OmegaConf.to_container(cfg.model),
         input_shape=[data.channels, *data.image_size],
     )
-    datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed)
+    datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **cfg.augment)
     trainer.fit(dec, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "refine"))
     seconds["kmeans"] = float(dec.kmeans_seconds)
     seconds["refine"] = time.perf_counter() - start - seconds["kmeans"]

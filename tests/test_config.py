@@ -103,3 +103,16 @@ def test_check_config_refuses(override, message):
 def test_check_config_accepts_defaults_and_trainer_arguments():
     check_config(composed(), composed())
     check_config(composed("+trainer.gradient_clip_val=1.0", "refine.gamma=1"), composed())
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_presets_compose_and_instantiate(name):
+    cfg = composed(f"experiment={name}")
+    check_config(cfg, composed(f"experiment={name}"))
+    size = {"USPS": (16, 16)}.get(cfg.data.get("name"), (28, 28))
+    model = instantiate(cfg.model, in_channels=1, image_size=size, _convert_="all")
+    assert model(torch.rand(2, 1, *size))[1].shape == (2, 1, *size)
+    for opt in (cfg.pretrain.optimizer, cfg.refine.optimizer):
+        instantiate(opt)(model.parameters())
+    header = (CONFIGS / "experiment" / f"{name}.yaml").read_text().splitlines()[1]
+    assert header.startswith("# ") and " on " in header  # each preset names its method and data

@@ -123,3 +123,17 @@ def test_sharded_batches_reshuffle_each_epoch():
     assert not torch.equal(first, next(iter(s)))
     s.set_epoch(0)
     assert torch.equal(first, next(iter(s)))
+
+
+def test_random_affine_is_repeatable_and_bounded():
+    from deep_clustering.data import random_affine
+
+    x = torch.zeros(4, 1, 20, 20)
+    x[:, :, 8:12, 8:12] = 1  # a square in the middle
+    a = random_affine(x, 0.1, 10, torch.Generator().manual_seed(3))
+    b = random_affine(x, 0.1, 10, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    for img in a:  # the square's centre moves by at most 10% of 20 pixels in x and y
+        ys, xs = torch.nonzero(img[0] > 0.5, as_tuple=True)
+        assert abs(ys.float().mean() - 9.5) <= 2.5 and abs(xs.float().mean() - 9.5) <= 2.5
+    torch.testing.assert_close(random_affine(x, 0.0, 0.0, torch.Generator()), x)
