@@ -1,6 +1,8 @@
 """Lightning plugins and callbacks that keep a run safe to interrupt."""
 
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +41,32 @@ class FiniteLoss(L.Callback):
 
 
 class LastCheckpoint(L.Callback):
-    """Keeps one checkpoint, last.ckpt in the trainer's default_root_dir, saved every `every_n_steps`
-    steps or `every_n_epochs` epochs, at the end of training, and on SIGTERM (a pre-empted or
-    cancelled job) at the step reached; `resume=RUN_DIR` continues from it."""
+    """Keeps one checkpoint, last.ckpt in the trainer's default_root_dir: every `every_n_steps`
+    steps or `every_n_epochs` epochs, but at most once in `min_interval_s` seconds after the first
+    (a save costs a write of the weights and the optimizer state); always at the end of training,
+    and on SIGTERM (a pre-empted or cancelled job) at the step reached. `resume=RUN_DIR` continues
+    from it."""
 
-    def __init__(self, every_n_steps: int = 0, every_n_epochs: int = 0) -> None:
+    def __init__(self, every_n_steps: int = 0, every_n_epochs: int = 0, min_interval_s: float = 0.0) -> None:
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
+        self.min_interval_s = min_interval_s
         self.saved_step = -1
+        self.saved_at = -math.inf
 
     def save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self.saved_step:
             trainer.save_checkpoint(Path(trainer.default_root_dir) / "last.ckpt", weights_only=False)
-            self.saved_step = trainer.global_step
+            self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
+
+    def _due(self) -> bool:
+        return time.monotonic() - self.saved_at >= self.min_interval_s
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and self._due():
             self.save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self._due():
             self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

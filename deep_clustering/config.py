@@ -36,6 +36,7 @@ def reference_config(choices: Mapping[str, str | None]) -> DictConfig:
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_clusters": (lambda v: v >= 2, "at least 2"),
     "model.latent_dim": (lambda v: v >= 1, "at least 1"),
+    "checkpoint.min_interval_s": (lambda v: v >= 0, "0 or more"),
     "augment.shift": (lambda v: 0 <= v <= 0.5, "between 0 and 0.5"),
     "augment.rotation": (lambda v: 0 <= v <= 180, "between 0 and 180 degrees"),
     "pretrain.epochs": (lambda v: v >= 0, "0 or more"),

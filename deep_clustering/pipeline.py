@@ -68,7 +68,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         log.info("stage 1/4: loaded the pretrained autoencoder %s", pretrained)
     else:
         log.info("stage 1/4: pretraining the autoencoder for %d epochs", cfg.pretrain.epochs)
-        trainer = _trainer(cfg, run_dir, "pretrain", logger, max_epochs=cfg.pretrain.epochs)
+        trainer = make_trainer(cfg, run_dir, "pretrain", logger, max_epochs=cfg.pretrain.epochs)
         module = AutoencoderModule(autoencoder, instantiate(cfg.pretrain.optimizer))
         datamodule = ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed, **cfg.augment)
         trainer.fit(module, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "pretrain"))
@@ -78,7 +78,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     seconds["pretrain"] = time.perf_counter() - start
 
     # 2-3. K-means on the codes gives the centres; refine encoder and centres on KL(P || Q)
-    trainer = _trainer(cfg, run_dir, "refine", logger, max_steps=cfg.refine.max_iters, max_epochs=-1)
+    trainer = make_trainer(cfg, run_dir, "refine", logger, max_steps=cfg.refine.max_iters, max_epochs=-1)
     baselines = {}
     if cfg.baselines:  # other clusterers on the same pretrained codes, for comparison
         device = trainer.strategy.root_device
@@ -141,14 +141,14 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     return Result(dec, codes.cpu(), q.cpu(), metrics)
 
 
-def _trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoardLogger, **limits) -> L.Trainer:
+def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoardLogger | bool, **limits) -> L.Trainer:
     """The Lightning Trainer of one stage; its checkpoints go to run_dir/checkpoints/STAGE."""
     folder = run_dir / "checkpoints" / stage
     every = {"every_n_epochs": 1} if stage == "pretrain" else {"every_n_steps": cfg.refine.update_interval}
     callbacks = [
-        LastCheckpoint(**every),
+        LastCheckpoint(**every, min_interval_s=cfg.checkpoint.min_interval_s),
         FiniteLoss(stage),
-        LearningRateMonitor(),
+        *([LearningRateMonitor()] if logger else []),
     ]
     return instantiate(
         cfg.trainer,

@@ -1,0 +1,65 @@
+"""Accuracy over seeds: run one recipe N times (seeds 0..N-1) and record mean +- std, min and max.
+
+    python benchmarks/seeds.py --name digits_default                       # the default job, 5 seeds
+    python benchmarks/seeds.py --name usps_dcec --seeds 5 -- experiment=dcec_usps data=npz data.path=usps.npz
+
+Runs `python train.py -m seed=0,...,N-1 OVERRIDES` (one Hydra multirun, each seed a full run in its
+own folder), then writes benchmarks/results/seeds-NAME.json: the command, the device, the date, and
+for ACC, NMI, ARI and the seconds per run their mean, std, min, max and the values of every seed.
+"""
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="the result's name: benchmarks/results/seeds-NAME.json")
+    parser.add_argument("--seeds", type=int, default=5, help="runs, with seeds 0 .. N-1 (default 5)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the recipe (after --)")
+    args = parser.parse_args()
+    sweep = ROOT / "multirun" / f"seeds-{args.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    seeds = ",".join(str(s) for s in range(args.seeds))
+    cmd = [sys.executable, "train.py", "-m", f"seed={seeds}", *args.overrides, f"hydra.sweep.dir={sweep}"]
+    cmd += ["trainer.enable_progress_bar=false"]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    runs = [json.loads((sweep / str(s) / "metrics.json").read_text()) for s in range(args.seeds)]
+    result = {
+        "benchmark": "seeds",
+        "name": args.name,
+        "command": " ".join(["python", "train.py", "-m", f"seed={seeds}", *args.overrides]),
+        "device": runs[0]["device"]
+        if runs[0]["device"] != "cpu"
+        else f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "date": datetime.date.today().isoformat(),
+        "n_samples": runs[0]["n_samples"],
+    }
+    for key in ("acc", "nmi", "ari", "seconds"):
+        values = [r["seconds"]["total"] if key == "seconds" else r[key] for r in runs]
+        result[key] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+            "values": values,
+        }
+    out = ROOT / "benchmarks" / "results" / f"seeds-{args.name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    acc = result["acc"]
+    spread = f"{acc['mean']:.4f} +- {acc['std']:.4f} [{acc['min']:.4f}, {acc['max']:.4f}]"
+    print(f"{args.name}: ACC {spread} over {args.seeds} seeds")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

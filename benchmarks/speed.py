@@ -1,0 +1,282 @@
+"""Speed of every stage, through the trainer itself, beside ClustPy's IDEC on the same arrays.
+
+    python benchmarks/speed.py                                        # digits: a CPU-sized run
+    python benchmarks/speed.py --npz usps.npz --model fc --clustpy 3  # against ClustPy, 3 rounds in turn
+
+Times, on the device the trainer picks (a GPU when there is one):
+  pretraining  seconds per epoch and images/s (median over epochs after the first), the real
+               Trainer, callbacks and data path of train.py;
+  embedding    one pass over the whole data set (what init and each refresh of P do);
+  kmeans       torch K-means on the codes (20 restarts) and scikit-learn's, with both inertias;
+  refresh      a refresh of P: embedding pass, Student-t q, P, labels;
+  refinement   iterations/s of DEC/IDEC refinement with its refreshes of P;
+  end to end   `python train.py` with the same settings, process start to metrics.json;
+  memory       peak host RSS and peak device memory;
+  clustpy      ClustPy's IDEC (fully connected autoencoder) and ours with the same autoencoder
+               (model=fc), in turn: seconds per pretraining and per clustering epoch, and ratios.
+Writes benchmarks/results/speed-NAME.json and prints a table.
+"""
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deep_clustering import runs  # noqa: E402
+from deep_clustering.data import ImageDataModule, load_digits, load_npz  # noqa: E402
+from deep_clustering.distributed import embed_all  # noqa: E402
+from deep_clustering.kmeans import kmeans  # noqa: E402
+from deep_clustering.losses import soft_assignment, target_distribution  # noqa: E402
+from deep_clustering.pipeline import make_trainer  # noqa: E402
+from deep_clustering.pretrain import AutoencoderModule  # noqa: E402
+from deep_clustering.refine import DECModule  # noqa: E402
+
+
+class Clock(L.Callback):
+    """Wall time at every epoch's start and end and at every batch's end."""
+
+    def __init__(self) -> None:
+        self.epochs: list[float] = []
+        self.steps: list[float] = []
+        self._start = 0.0
+
+    def _now(self, trainer: L.Trainer) -> float:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = self._now(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epochs.append(self._now(trainer) - self._start)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.steps.append(self._now(trainer))
+
+
+def timed(fn, device: torch.device, repeat: int = 5) -> tuple[float, object]:
+    """Median seconds of `repeat` calls after one warm-up, and the last result."""
+    out = fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def our_pretrain(cfg, data, epochs: int):
+    """`epochs` pretraining epochs through the trainer: (autoencoder, device, median epoch seconds
+    after the first)."""
+    autoencoder = instantiate(cfg.model, in_channels=data.channels, image_size=data.image_size, _convert_="all")
+    clock = Clock()
+    trainer = make_trainer(
+        cfg, Path(tempfile.mkdtemp()), "pretrain", False, max_epochs=epochs, enable_progress_bar=False
+    )
+    trainer.callbacks.append(clock)
+    module = AutoencoderModule(autoencoder, instantiate(cfg.pretrain.optimizer))
+    trainer.fit(module, ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed))
+    return autoencoder, trainer.strategy.root_device, statistics.median(clock.epochs[1:] or clock.epochs)
+
+
+def our_refine(cfg, data, autoencoder, iters: int) -> float:
+    """`iters` refinement iterations (K-means init, refreshes of P included) through the trainer:
+    iterations per second after the first refresh interval (warm-up and K-means)."""
+    clock = Clock()
+    dec = DECModule(
+        autoencoder.encoder,
+        autoencoder.decoder if cfg.refine.recon and autoencoder.decoder is not None else None,
+        instantiate(cfg.refine.optimizer),
+        instantiate(cfg.init, n_clusters=cfg.n_clusters, seed=cfg.seed),
+        n_clusters=cfg.n_clusters,
+        latent_dim=autoencoder.latent_dim,
+        gamma=cfg.refine.gamma,
+        update_interval=cfg.refine.update_interval,
+        tol=0.0,  # run all the iterations
+    )
+    folder = Path(tempfile.mkdtemp())
+    trainer = make_trainer(cfg, folder, "refine", False, max_steps=iters, max_epochs=-1, enable_progress_bar=False)
+    trainer.callbacks.append(clock)
+    trainer.fit(dec, ImageDataModule(data, cfg.refine.batch_size, cfg.seed))
+    steps = clock.steps
+    skip = min(len(steps) - 2, cfg.refine.update_interval)
+    return (len(steps) - 1 - skip) / (steps[-1] - steps[skip])
+
+
+def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
+    """Pretraining epochs, embedding, K-means, a refresh of P and refinement, through the trainer."""
+    autoencoder, device, epoch_s = our_pretrain(cfg, data, epochs)
+    out = {"device": device.type, "pretrain_epoch_s": epoch_s, "pretrain_images_per_s": len(data) / epoch_s}
+    encoder = autoencoder.encoder.to(device).eval()
+    images = data.on(device)
+    out["embed_s"], codes = timed(lambda: embed_all(encoder, images, 4096), device)
+    out["kmeans_torch_s"], km = timed(lambda: kmeans(codes, cfg.n_clusters, n_init=20, seed=0), device, repeat=3)
+    out["kmeans_torch_inertia"] = km.inertia
+    from sklearn.cluster import KMeans
+
+    start = time.perf_counter()
+    fit = KMeans(cfg.n_clusters, n_init=20, random_state=0).fit(codes.cpu().numpy())
+    out["kmeans_sklearn_s"] = time.perf_counter() - start
+    out["kmeans_sklearn_inertia"] = float(fit.inertia_)
+
+    def refresh():
+        q = soft_assignment(embed_all(encoder, images, 4096), km.centers).exp()
+        return target_distribution(q), q.argmax(1)
+
+    out["refresh_s"], _ = timed(refresh, device)
+    out["refine_iters_per_s"] = our_refine(cfg, data, autoencoder, refine_iters)
+    out["refine_epoch_s"] = -(-len(data) // cfg.refine.batch_size) / out["refine_iters_per_s"]
+    out["peak_device_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    return out
+
+
+def against_clustpy(cfg, data, epochs: int, rounds: int) -> dict:
+    """Seconds per pretraining and per clustering epoch, ours and ClustPy's IDEC (fully connected
+    autoencoder d-500-500-2000-10, Adam, the same batch), measured in turn `rounds` times so that
+    drift of a shared machine hits both alike; the ratios are medians of the per-round ratios."""
+    from clustpy.deep import IDEC
+    from clustpy.deep.neural_networks import FeedforwardAutoencoder
+
+    flat = data.images.reshape(len(data), -1).numpy()
+    batch, steps_per_epoch = cfg.pretrain.batch_size, -(-len(data) // cfg.refine.batch_size)
+    rows = []
+    for r in range(rounds):
+        autoencoder, _, our_pre = our_pretrain(cfg, data, epochs + 1)
+        our_ref = steps_per_epoch / our_refine(
+            cfg, data, autoencoder, cfg.refine.update_interval + epochs * steps_per_epoch
+        )
+        net = FeedforwardAutoencoder(layers=[flat.shape[1], 500, 500, 2000, 10], random_state=r)
+        net.fit(n_epochs=1, batch_size=batch, data=flat, optimizer_params={"lr": 1e-3})  # warm-up
+        start = time.perf_counter()
+        net.fit(n_epochs=epochs, batch_size=batch, data=flat, optimizer_params={"lr": 1e-3})
+        their_pre = (time.perf_counter() - start) / epochs
+        seconds = []
+        for n in (1, 1 + epochs):  # the difference leaves out K-means and set-up
+            algo = IDEC(
+                cfg.n_clusters,
+                batch_size=batch,
+                pretrain_epochs=0,
+                clustering_epochs=n,
+                neural_network=net,
+                random_state=r,
+            )
+            start = time.perf_counter()
+            algo.fit(flat)
+            seconds.append(time.perf_counter() - start)
+        their_ref = (seconds[1] - seconds[0]) / epochs
+        rows.append((our_pre, their_pre, our_ref, their_ref))
+    ours_pre, theirs_pre, ours_ref, theirs_ref = (statistics.median(c) for c in zip(*rows))
+    return {
+        "clustpy_rounds": [
+            dict(
+                zip(
+                    (
+                        "ours_pretrain_epoch_s",
+                        "clustpy_pretrain_epoch_s",
+                        "ours_refine_epoch_s",
+                        "clustpy_cluster_epoch_s",
+                    ),
+                    r,
+                )
+            )
+            for r in rows
+        ],
+        "ours_pretrain_epoch_s_median": ours_pre,
+        "clustpy_pretrain_epoch_s_median": theirs_pre,
+        "ours_refine_epoch_s_median": ours_ref,
+        "clustpy_cluster_epoch_s_median": theirs_ref,
+        "ratio_pretrain_epoch_ours_over_clustpy": statistics.median(r[0] / r[1] for r in rows),
+        "ratio_refine_epoch_ours_over_clustpy": statistics.median(r[2] / r[3] for r in rows),
+    }
+
+
+def end_to_end(overrides: list[str]) -> dict:
+    run_dir = Path(tempfile.mkdtemp()) / "run"
+    start = time.perf_counter()
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false", *overrides]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "end_to_end_s": wall,
+        "end_to_end_acc": metrics.get("acc"),
+        "end_to_end_stages_s": metrics["seconds"],
+        "peak_host_rss_mb_e2e": rss,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--npz", help="an .npz data set (x_train, y_train, x_test, y_test); default: digits")
+    parser.add_argument("--model", default="conv", help="model config: conv (DCEC) or fc (DEC, as ClustPy's)")
+    parser.add_argument("--batch-size", type=int, default=256, help="batch of both stages (ClustPy's default: 256)")
+    parser.add_argument("--epochs", type=int, default=5, help="pretraining epochs timed (the first is warm-up)")
+    parser.add_argument("--refine-iters", type=int, default=300, help="refinement iterations timed")
+    parser.add_argument("--e2e", nargs="*", help="overrides of an end-to-end train.py run to time (none: skip)")
+    parser.add_argument(
+        "--clustpy",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also time ClustPy's IDEC, ROUNDS times in turn with ours (pip install clustpy)",
+    )
+    parser.add_argument("--name", help="result name (default: DATA-MODEL-DEVICE)")
+    parser.add_argument("overrides", nargs="*", help="more Hydra overrides for the timed stages")
+    args = parser.parse_args()
+
+    runs.register_resolvers()
+    overrides = [f"model={args.model}", "init.manifold=none", f"pretrain.batch_size={args.batch_size}"]
+    overrides += [f"refine.batch_size={args.batch_size}", *args.overrides]
+    if args.npz:
+        overrides += ["data=npz", f"data.path={args.npz}"]
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    data = load_npz(args.npz) if args.npz else load_digits()
+    L.seed_everything(0, verbose=False)
+    result = {
+        "benchmark": "speed",
+        "date": datetime.date.today().isoformat(),
+        "data": f"{args.npz or 'digits'}: {len(data)} images of {'x'.join(map(str, data.images.shape[1:]))}",
+        "model": args.model,
+        "batch_size": cfg.pretrain.batch_size,
+        "host": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    }
+    result.update(ours(cfg, data, args.epochs, args.refine_iters))
+    result["device_name"] = torch.cuda.get_device_name() if result["device"] == "cuda" else "cpu"
+    if args.clustpy:
+        result.update(against_clustpy(cfg, data, args.epochs, args.clustpy))
+    if args.e2e is not None:
+        result.update(end_to_end(args.e2e))
+    result["peak_host_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    name = args.name or f"{Path(args.npz).stem if args.npz else 'digits'}-{args.model}-{result['device']}"
+    out = ROOT / "benchmarks" / "results" / f"speed-{name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Checks that need a GPU; benchmarks/gpu.sh runs them on one. Skipped on machines without CUDA."""
+
+import pytest
+import torch
+from sklearn.cluster import KMeans
+
+from deep_clustering.distributed import embed_all
+from deep_clustering.kmeans import KMeansInit, kmeans
+from deep_clustering.models import ConvAutoencoder
+from tests.conftest import run_train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh)")
+
+
+def test_torch_kmeans_on_the_gpu_matches_scikit_learn():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(7000, 10, generator=gen) + 4 * torch.randn(1, 10, generator=gen) for _ in range(10)])
+    ours = kmeans(x.cuda(), 10, n_init=20, seed=0)
+    theirs = KMeans(10, n_init=20, random_state=0).fit(x.numpy()).inertia_
+    assert abs(ours.inertia - theirs) / theirs < 0.01
+    assert KMeansInit(10, manifold="none")(x.cuda()).device.type == "cuda"
+
+
+def test_embedding_on_the_gpu_matches_the_cpu():
+    torch.manual_seed(0)
+    model = ConvAutoencoder(1, (28, 28))
+    images = torch.rand(5000, 1, 28, 28)
+    cpu = embed_all(model.encoder, images, 1024)
+    gpu = embed_all(model.encoder.cuda(), images.cuda(), 1024).cpu()
+    torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
+
+
+def test_a_run_on_the_gpu(tmp_path):
+    run_train(tmp_path / "run", "trainer=gpu", "pretrain.epochs=20", "refine.max_iters=300")
+    metrics = (tmp_path / "run" / "metrics.json").read_text()
+    assert '"device": "cuda: ' in metrics
