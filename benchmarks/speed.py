@@ -42,9 +42,8 @@ from deep_clustering.data import ImageDataModule, load_digits, load_npz  # noqa:
 from deep_clustering.distributed import embed_all  # noqa: E402
 from deep_clustering.kmeans import kmeans  # noqa: E402
 from deep_clustering.losses import soft_assignment, target_distribution  # noqa: E402
-from deep_clustering.pipeline import make_trainer  # noqa: E402
+from deep_clustering.pipeline import dec_module, make_trainer  # noqa: E402
 from deep_clustering.pretrain import AutoencoderModule  # noqa: E402
-from deep_clustering.refine import DECModule  # noqa: E402
 
 
 class Clock(L.Callback):
@@ -100,20 +99,11 @@ def our_pretrain(cfg, data, epochs: int):
 
 
 def our_refine(cfg, data, autoencoder, iters: int) -> float:
-    """`iters` refinement iterations (K-means init, refreshes of P included) through the trainer:
-    iterations per second after the first refresh interval (warm-up and K-means)."""
+    """`iters` refinement iterations (K-means init, refreshes of P included; cfg sets refine.tol=0,
+    so all of them run) through the trainer: iterations per second after the first refresh
+    interval (warm-up and K-means)."""
     clock = Clock()
-    dec = DECModule(
-        autoencoder.encoder,
-        autoencoder.decoder if cfg.refine.recon and autoencoder.decoder is not None else None,
-        instantiate(cfg.refine.optimizer),
-        instantiate(cfg.init, n_clusters=cfg.n_clusters, seed=cfg.seed),
-        n_clusters=cfg.n_clusters,
-        latent_dim=autoencoder.latent_dim,
-        gamma=cfg.refine.gamma,
-        update_interval=cfg.refine.update_interval,
-        tol=0.0,  # run all the iterations
-    )
+    dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size])
     folder = Path(tempfile.mkdtemp())
     trainer = make_trainer(cfg, folder, "refine", False, max_steps=iters, max_epochs=-1, enable_progress_bar=False)
     trainer.callbacks.append(clock)
@@ -247,7 +237,7 @@ def main() -> None:
 
     runs.register_resolvers()
     overrides = [f"model={args.model}", "init.manifold=none", f"pretrain.batch_size={args.batch_size}"]
-    overrides += [f"refine.batch_size={args.batch_size}", *args.overrides]
+    overrides += [f"refine.batch_size={args.batch_size}", "refine.tol=0", *args.overrides]
     if args.npz:
         overrides += ["data=npz", f"data.path={args.npz}"]
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):

@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
@@ -52,8 +53,10 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         raise InputError(f"n_clusters={cfg.n_clusters} is more than the {len(data)} images of the data set")
     labelled = "labelled" if data.labels is not None else "no labels"
     log.info("data: %d images of %s, %s", len(data), data.image_size, labelled)
-    for bad in data.skipped:
-        log.warning("skipped %s", bad)
+    if data.skipped and rank_zero_only.rank == 0:
+        (run_dir / "skipped_files.txt").write_text("".join(f"{bad}\n" for bad in data.skipped))
+        listed = run_dir / "skipped_files.txt"
+        log.warning("skipped %d bad files (data.on_bad_file=skip), listed in %s", len(data.skipped), listed)
     autoencoder = instantiate(cfg.model, in_channels=data.channels, image_size=data.image_size, _convert_="all")
     logger = TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
     seconds = {}
@@ -87,20 +90,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
             baselines = run_baselines(list(cfg.baselines), codes.cpu(), data.labels, cfg.n_clusters, cfg.seed)
     log.info("stage 2-3/4: K-means (%d restarts, manifold %s), then refinement", cfg.init.n_init, cfg.init.manifold)
     start = time.perf_counter()
-    dec = DECModule(
-        autoencoder.encoder,
-        autoencoder.decoder if cfg.refine.recon else None,
-        instantiate(cfg.refine.optimizer),
-        instantiate(cfg.init, n_clusters=cfg.n_clusters, seed=cfg.seed),
-        n_clusters=cfg.n_clusters,
-        latent_dim=autoencoder.latent_dim,
-        gamma=cfg.refine.gamma,
-        alpha=cfg.refine.alpha,
-        update_interval=cfg.refine.update_interval,
-        tol=cfg.refine.tol,
-        model=OmegaConf.to_container(cfg.model),
-        input_shape=[data.channels, *data.image_size],
-    )
+    dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size])
     datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **cfg.augment)
     trainer.fit(dec, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "refine"))
     seconds["kmeans"] = float(dec.kmeans_seconds)
@@ -139,6 +129,24 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})
     logger.finalize("success")
     return Result(dec, codes.cpu(), q.cpu(), metrics)
+
+
+def dec_module(cfg: DictConfig, autoencoder: torch.nn.Module, input_shape: list[int]) -> DECModule:
+    """The refinement stage's LightningModule around the (pre)trained encoder, as the config says."""
+    return DECModule(
+        autoencoder.encoder,
+        autoencoder.decoder if cfg.refine.recon else None,
+        instantiate(cfg.refine.optimizer),
+        instantiate(cfg.init, n_clusters=cfg.n_clusters, seed=cfg.seed),
+        n_clusters=cfg.n_clusters,
+        latent_dim=autoencoder.latent_dim,
+        gamma=cfg.refine.gamma,
+        alpha=cfg.refine.alpha,
+        update_interval=cfg.refine.update_interval,
+        tol=cfg.refine.tol,
+        model=OmegaConf.to_container(cfg.model),
+        input_shape=input_shape,
+    )
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoardLogger | bool, **limits) -> L.Trainer:

@@ -34,8 +34,8 @@ class DECModule(L.LightningModule):
         self,
         encoder: nn.Module,
         decoder: nn.Module | None,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        initializer: Callable[[Tensor], Tensor],
+        optimizer: Callable[..., torch.optim.Optimizer] | None,
+        initializer: Callable[[Tensor], Tensor] | None,
         n_clusters: int,
         latent_dim: int,
         gamma: float = 0.1,
@@ -47,7 +47,8 @@ class DECModule(L.LightningModule):
         input_shape: list[int] | None = None,
     ) -> None:
         """`model` (the network's config) and `input_shape` (C, H, W) are only recorded, so that a
-        checkpoint can rebuild the network (`deep_clustering.pipeline.load_trained`)."""
+        checkpoint can rebuild the network (`deep_clustering.pipeline.load_trained`, which gives
+        no optimizer or initializer: such a model predicts, it does not train)."""
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "initializer"])
         self.encoder = encoder
@@ -85,6 +86,9 @@ class DECModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.last_labels is None:  # a fresh run, not one resumed from a checkpoint
             self.init_centers()
+        else:  # resumed: the checkpoint's P and labels come back on the CPU
+            self.last_labels = self.last_labels.to(self.device)
+            self.p = self.p.to(self.device) if self.p is not None else None
 
     def on_train_end(self) -> None:
         self.steps.fill_(self.global_step)

@@ -70,6 +70,16 @@ def test_k_sweep_finds_the_true_number_of_clusters(tmp_path, capsys):
     assert "best: n_clusters=4 " in out, out
 
 
+def test_two_processes_per_job_inside_a_sweep(tmp_path):
+    """ddp_spawn starts each job's processes itself: no duplicated jobs, no stray folders."""
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "seed=0,1", "trainer=ddp", "trainer.strategy=ddp_spawn", *QUICK)
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["processes"] == 2 and metrics["refine_iterations"] == 40
+
+
 def test_optuna_search_reports_the_best_trial(tmp_path):
     sweep = tmp_path / "study"
     multirun(sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2", *QUICK)

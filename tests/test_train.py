@@ -108,11 +108,15 @@ def test_image_folder_run_names_the_files(tmp_path):
         path = tmp_path / "images" / f"class{int(digits.labels[i])}" / f"{i:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((digits.images[i, 0].numpy() * 255).astype(np.uint8)).save(path)
+    (tmp_path / "images" / "class0" / "broken.png").write_bytes(b"not a png")
     overrides = ["data=image_folder", f"data.path={tmp_path / 'images'}", "data.image_size=[8,8]", "data.channels=1"]
-    run_train(tmp_path / "run", *overrides, *QUICK)
+    run_train(tmp_path / "run", *overrides, "data.on_bad_file=skip", *QUICK)
     rows = read_predictions(tmp_path / "run")
     assert len(rows) == 200 and rows[0]["file"] == f"class{int(digits.labels[0])}/000.png"
     assert "acc" in read_metrics(tmp_path / "run")
+    skipped = (tmp_path / "run" / "skipped_files.txt").read_text().splitlines()
+    assert len(skipped) == 1 and skipped[0].startswith("class0/broken.png: not a readable image")
+    assert "skipped 1 bad files" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_two_processes_match_one(tmp_path, pretrained_digits):
