@@ -122,7 +122,7 @@ def log_final(
     maps = {"pca": pca_2d(codes)}
     from sklearn.manifold import TSNE
 
-    n = min(len(codes), 1000)  # t-SNE costs seconds per thousand points
+    n = min(len(codes), 500)  # t-SNE costs seconds per thousand points
     maps["tsne"] = torch.from_numpy(TSNE(2, random_state=0, init="pca").fit_transform(codes[:n].numpy()))
     try:
         import umap
