@@ -118,8 +118,7 @@ def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
     autoencoder, device, epoch_s = our_pretrain(cfg, data, epochs)
     out = {"device": device.type, "pretrain_epoch_s": epoch_s, "pretrain_images_per_s": len(data) / epoch_s}
     encoder = autoencoder.encoder.to(device).eval()
-    images = data.on(device)
-    out["embed_s"], codes = timed(lambda: embed_all(encoder, images, 4096), device)
+    out["embed_s"], codes = timed(lambda: embed_all(encoder, data, 4096, device), device)
     out["kmeans_torch_s"], km = timed(lambda: kmeans(codes, cfg.n_clusters, n_init=20, seed=0), device, repeat=3)
     out["kmeans_torch_inertia"] = km.inertia
     from sklearn.cluster import KMeans
@@ -130,7 +129,7 @@ def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
     out["kmeans_sklearn_inertia"] = float(fit.inertia_)
 
     def refresh():
-        q = soft_assignment(embed_all(encoder, images, 4096), km.centers).exp()
+        q = soft_assignment(embed_all(encoder, data, 4096, device), km.centers).exp()
         return target_distribution(q), q.argmax(1)
 
     out["refresh_s"], _ = timed(refresh, device)

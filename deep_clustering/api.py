@@ -94,15 +94,15 @@ class DeepClustering:
     def _forward(self, X) -> tuple[np.ndarray, np.ndarray]:
         if not hasattr(self, "model_"):
             raise InputError("this DeepClustering is not fitted: call fit(X) or DeepClustering.load(run_dir) first")
-        images = from_arrays(_numpy(X), None, "X").images
+        data = from_arrays(_numpy(X), None, "X")
         expected = list(self.model_.hparams.input_shape)
-        if list(images.shape[1:]) != expected:
-            got = "x".join(map(str, images.shape[1:]))
+        if list(data.images.shape[1:]) != expected:
+            got = "x".join(map(str, data.images.shape[1:]))
             raise InputError(
                 f"X holds {got} images; the model was trained on {'x'.join(map(str, expected))} (C x H x W)"
             )
         device = pick_device(self.device)
-        codes, q = self.model_.to(device).predict_all(images.to(device))
+        codes, q = self.model_.to(device).predict_all(data)
         return codes.cpu().numpy(), q.cpu().numpy()
 
 

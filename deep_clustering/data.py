@@ -1,12 +1,16 @@
-"""Data sets as one in-memory tensor of images, and the Lightning DataModule that draws batches from it.
+"""Data sets as one tensor of images, and the Lightning DataModule that draws batches from it.
 
 Every loader returns an `ImageSet`: images as (N, C, H, W) float32 in [0, 1], the labels where they
 are known, and the source file of each image where there is one. Batches are drawn by index, so
-the refinement stage can look up P by sample id, and data sets that fit in device memory live on
-the device as one tensor (no worker processes, no per-sample Python).
+the refinement stage can look up P by sample id. Data sets that fit in device memory live on the
+device as one tensor (no worker processes, no per-sample Python); an image folder too large for
+memory is decoded once into a uint8 cache file (`DiskImages`) that DataLoader workers read batches from.
 """
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,12 +29,39 @@ from deep_clustering.errors import InputError
 SPLITS = ("train", "test", "all")
 
 
+class DiskImages:
+    """(N, C, H, W) uint8 images in a file, read on demand: indexing gives float32 in [0, 1], as
+    indexing an in-memory ImageSet's tensor does. Pickles without its memory map (for DataLoader workers)."""
+
+    def __init__(self, file: Path, shape: tuple[int, ...]) -> None:
+        self.file, self.shape = Path(file), tuple(shape)
+        self._map = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_map": None}
+
+    def raw(self, index) -> Tensor:
+        """The uint8 rows at `index` (an int, a slice, an index or mask tensor, or a tuple of them)."""
+        if self._map is None:
+            self._map = np.memmap(self.file, np.uint8, "r", shape=self.shape)
+        parts = index if isinstance(index, tuple) else (index,)
+        parts = tuple(p.cpu().numpy() if isinstance(p, Tensor) else p for p in parts)
+        return torch.from_numpy(np.array(self._map[parts]))
+
+    def __getitem__(self, index) -> Tensor:
+        return self.raw(index).float() / 255
+
+
 @dataclass
 class ImageSet:
-    images: Tensor  # (N, C, H, W) float32 in [0, 1]
+    images: Tensor | DiskImages  # (N, C, H, W) float32 in [0, 1]; DiskImages for data.in_memory=false
     labels: Tensor | None = None  # (N,) int64 true classes; None where unknown
     files: list[str] | None = None  # (N,) source file of each image; None for arrays (the index names it)
     skipped: list[str] = field(default_factory=list)  # bad files left out, with the reason
+    workers: int = 0  # DataLoader worker processes that read a DiskImages set
     _on_device: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -45,11 +76,31 @@ class ImageSet:
         return tuple(self.images.shape[2:])
 
     def on(self, device: torch.device) -> Tensor:
-        """The images on `device`, copied there once."""
+        """The images on `device`, copied there once (in-memory sets only)."""
         device = torch.device(device)
+        if isinstance(self.images, DiskImages):
+            raise TypeError("a DiskImages set is read in batches (ImageSet.batches), not moved to a device whole")
         if device not in self._on_device:
             self._on_device[device] = self.images.to(device)
         return self._on_device[device]
+
+    def batches(self, index: Tensor, batch_size: int, device: torch.device) -> Iterator[Tensor]:
+        """The images `index` on `device`, `batch_size` at a time, in the order of `index`."""
+        device = torch.device(device)
+        if not isinstance(self.images, DiskImages):
+            images = self.on(device)
+            yield from (images[i.to(device)] for i in index.split(batch_size))
+            return
+        cuda = device.type == "cuda"
+        loader = DataLoader(
+            _Rows(self.images),
+            batch_sampler=index.cpu().split(batch_size),
+            collate_fn=_as_is,
+            num_workers=self.workers,
+            pin_memory=cuda,
+        )
+        for x, _ in loader:
+            yield x.to(device, non_blocking=cuda).float() / 255
 
 
 def from_arrays(x: np.ndarray, y: np.ndarray | None, source: str) -> ImageSet:
@@ -157,12 +208,18 @@ def load_image_folder(
     labels: str = "auto",
     on_bad_file: str = "error",
     workers: int = 8,
+    in_memory: bool = True,
+    cache_dir: str = "~/.cache/deep_clustering",
+    loader_workers: int = 2,
 ) -> ImageSet:
     """Every image file under `path`, converted to `channels` and resized to `image_size`.
 
     labels: 'auto' labels each image by its first-level subfolder when every image sits in one
     (as torchvision's ImageFolder does), 'none' never. on_bad_file: 'error' stops with a list of
     every file that cannot be read as an image; 'skip' leaves them out and records them.
+    in_memory=False decodes the images once into a uint8 file under `cache_dir` (reused while the
+    folder's files, sizes and times are unchanged) and reads batches from it with `loader_workers`
+    DataLoader processes, for folders larger than memory.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -180,28 +237,79 @@ def load_image_folder(
     )
     if not files:
         raise InputError(f"data.path={path}: the folder holds no files")
-    size = (int(image_size[0]), int(image_size[1]))
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        loaded = list(pool.map(lambda p: _read_image(p, size, channels), files))
-    good = [(f, a) for f, a in zip(files, loaded) if not isinstance(a, str)]
-    bad = [f"{f.relative_to(root)}: {a}" for f, a in zip(files, loaded) if isinstance(a, str)]
+    shape = (len(files), channels, int(image_size[0]), int(image_size[1]))
+    if in_memory:
+        images = np.empty(shape, np.uint8)
+        kept, bad = _decode_into(images, files, root, workers)
+        images = images[: len(kept)]
+    else:
+        images, kept, bad = _cached(files, root, shape, workers, Path(cache_dir).expanduser())
     if bad and on_bad_file == "error":
         raise InputError(
             f"data.path={path}: {len(bad)} of {len(files)} files are not readable images "
             f"(set data.on_bad_file=skip to leave them out): " + "; ".join(bad)
         )
-    if not good:
+    if not kept:
         raise InputError(f"data.path={path}: none of its {len(files)} files is a readable image")
-    rel = [f.relative_to(root) for f, _ in good]
-    x = np.stack([a for _, a in good])
+    rel = [Path(f) for f in kept]
     y = None
     if labels == "auto" and all(len(r.parts) > 1 for r in rel):
         classes = sorted({r.parts[0] for r in rel})
         y = np.array([classes.index(r.parts[0]) for r in rel])
-    out = from_arrays(x, y, str(root))
-    out.files = [str(r) for r in rel]
-    out.skipped = bad
+    if in_memory:
+        out = from_arrays(images, y, str(root))
+    else:
+        out = ImageSet(images, torch.from_numpy(y) if y is not None else None, workers=loader_workers)
+    out.files, out.skipped = kept, bad
     return out
+
+
+def _decode_into(out: np.ndarray, files: list[Path], root: Path, workers: int) -> tuple[list[str], list[str]]:
+    """Decode `files` into the rows of `out` (N, C, H, W) uint8, the readable ones first, in order.
+
+    Returns the readable files and the unreadable ones with the reason, both relative to `root`.
+    """
+    kept, bad = [], []
+    size = out.shape[2:]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for start in range(0, len(files), 1024):  # a chunk at a time: memory stays flat
+            chunk = files[start : start + 1024]
+            for f, a in zip(chunk, pool.map(lambda p: _read_image(p, size, out.shape[1]), chunk)):
+                if isinstance(a, str):
+                    bad.append(f"{f.relative_to(root)}: {a}")
+                else:
+                    out[len(kept)] = a.transpose(2, 0, 1)
+                    kept.append(str(f.relative_to(root)))
+    return kept, bad
+
+
+def _cached(
+    files: list[Path], root: Path, shape: tuple[int, ...], workers: int, cache_dir: Path
+) -> tuple[DiskImages, list[str], list[str]]:
+    """The folder decoded into cache_dir/KEY.u8 (uint8 rows) and KEY.json (files kept and bad), built
+    once per folder content, size and channels; written under temporary names, then renamed."""
+    key = hashlib.sha256(json.dumps([1, str(root.resolve()), shape[1:]]).encode())
+    for f in files:
+        st = f.stat() if f.exists() else None
+        key.update(f"{f.relative_to(root)}\0{st and st.st_size}\0{st and st.st_mtime_ns}\n".encode())
+    data, meta = cache_dir / f"{key.hexdigest()[:32]}.u8", cache_dir / f"{key.hexdigest()[:32]}.json"
+    if not meta.is_file():
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = data.with_name(f"{data.name}.{os.getpid()}.tmp")
+            rows = np.memmap(tmp, np.uint8, "w+", shape=shape)
+            kept, bad = _decode_into(rows, files, root, workers)
+            rows.flush()
+            del rows
+            os.truncate(tmp, len(kept) * math.prod(shape[1:]))  # the unreadable files' rows were never filled
+            os.replace(tmp, data)
+            tmp_meta = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
+            tmp_meta.write_text(json.dumps({"shape": [len(kept), *shape[1:]], "files": kept, "bad": bad}))
+            os.replace(tmp_meta, meta)  # last: its presence marks the cache complete
+        except OSError as e:
+            raise InputError(f"data.cache_dir={cache_dir}: cannot write the image cache there ({e})") from None
+    info = json.loads(meta.read_text())
+    return DiskImages(data, tuple(info["shape"])), info["files"], info["bad"]
 
 
 def _read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray | str:
@@ -242,7 +350,24 @@ class _Indices(Dataset):
         return batch
 
 
-def _as_is(batch: Tensor) -> Tensor:
+class _Rows(Dataset):
+    """The rows of a DiskImages set by index; a whole batch is read at once, as (uint8 images, indices)."""
+
+    def __init__(self, images: DiskImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.__getitems__(torch.tensor([i]))
+
+    def __getitems__(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        batch = torch.as_tensor(batch)
+        return self.images.raw(batch), batch
+
+
+def _as_is(batch):
     return batch
 
 
@@ -297,8 +422,9 @@ def random_affine(x: Tensor, shift: float, rotation: float, gen: torch.Generator
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Hands out batches as (images, sample indices), the images indexed out of one device tensor,
-    randomly shifted and rotated when `shift` or `rotation` is set.
+    """Hands out batches as (images, sample indices), the images indexed out of one device tensor
+    (or read from a DiskImages file by DataLoader workers), randomly shifted and rotated when
+    `shift` or `rotation` is set.
 
     The augmentation draws from a generator seeded by (seed, step, rank), so a resumed run draws
     what the uninterrupted run drew.
@@ -319,10 +445,23 @@ class ImageDataModule(L.LightningDataModule):
         # a run resumed mid-epoch goes on with the batch it stopped at, as if never interrupted
         # (every epoch has len(sampler) steps, so the step count tells where in the epoch it was)
         sampler.skip = trainer.global_step % len(sampler)
+        if isinstance(self.data.images, DiskImages):
+            workers = self.data.workers
+            return DataLoader(
+                _Rows(self.data.images),
+                batch_sampler=sampler,
+                collate_fn=_as_is,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                pin_memory=trainer.strategy.root_device.type == "cuda",
+            )
         return DataLoader(_Indices(len(self.data)), batch_sampler=sampler, collate_fn=_as_is)
 
-    def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        x = self.data.on(batch.device)[batch]
+    def on_after_batch_transfer(self, batch: Tensor | tuple, dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        if isinstance(batch, (tuple, list)):  # (uint8 images, indices) read from a DiskImages file
+            x, batch = batch[0].float() / 255, batch[1]
+        else:
+            x = self.data.on(batch.device)[batch]
         if self.shift or self.rotation:
             trainer = self.trainer
             key = (self.seed * 1_000_003 + trainer.global_step) * 1024 + trainer.global_rank

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from deep_clustering.data import ImageSet
+
 
 def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -46,14 +48,15 @@ def gather_rows(values: Tensor, index: Tensor, n: int) -> Tensor:
 
 
 @torch.no_grad()
-def embed_all(encoder: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    """(N, C, H, W) images -> (N, D) codes of every image, each computed once, equal on every process."""
+def embed_all(encoder: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> Tensor:
+    """The (N, D) codes of every image of `data` on `device`, each computed once, equal on every process."""
     rank, world = rank_and_world()
-    mine = torch.arange(rank, images.shape[0], world, device=images.device)
+    mine = torch.arange(rank, len(data), world, device=device)
     was_training = encoder.training
     encoder.eval()
     try:
-        codes = torch.cat([encoder(images[i]) for i in mine.split(batch_size)] or [encoder(images[:0])])
+        codes = [encoder(x) for x in data.batches(mine, batch_size, device)]
+        codes = torch.cat(codes or [encoder(data.images[:0].to(device))])
     finally:
         encoder.train(was_training)
-    return gather_rows(codes.float(), mine, images.shape[0])
+    return gather_rows(codes.float(), mine, len(data))

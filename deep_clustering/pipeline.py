@@ -85,7 +85,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     baselines = {}
     if cfg.baselines:  # other clusterers on the same pretrained codes, for comparison
         device = trainer.strategy.root_device
-        codes = embed_all(autoencoder.encoder.to(device), data.on(device), batch_size=4096)
+        codes = embed_all(autoencoder.encoder.to(device), data, 4096, device)
         if trainer.is_global_zero:
             baselines = run_baselines(list(cfg.baselines), codes.cpu(), data.labels, cfg.n_clusters, cfg.seed)
     log.info("stage 2-3/4: K-means (%d restarts, manifold %s), then refinement", cfg.init.n_init, cfg.init.manifold)
@@ -99,7 +99,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     # 4. evaluate on the predictions for the whole split
     start = time.perf_counter()
     device = trainer.strategy.root_device
-    codes, q = dec.to(device).predict_all(data.on(device))
+    codes, q = dec.to(device).predict_all(data)
     confidence, pred = q.max(1)
     scores = external_metrics(pred, data.labels) if data.labels is not None else {}
     scores.update(internal_metrics(codes, pred, seed=cfg.seed))

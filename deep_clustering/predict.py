@@ -48,7 +48,7 @@ def predict(cfg: DictConfig, out: Path) -> dict:
         "cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu" if cfg.device == "auto" else cfg.device
     )
     model.hparams.embed_batch_size = cfg.batch_size
-    codes, q = model.to(device).predict_all(data.on(device))
+    codes, q = model.to(device).predict_all(data)
     confidence, pred = q.max(1)
     distance = (codes - model.head.centers[pred]).norm(dim=1)
     codes, q, confidence, pred, distance = (t.cpu() for t in (codes, q, confidence, pred, distance))
@@ -72,7 +72,8 @@ def predict(cfg: DictConfig, out: Path) -> dict:
         for k in range(q.shape[1]):
             members = pred == k
             if members.any():
-                sheet = contact_sheet(data.images[members], confidence[members], max_images=cfg.contact_sheets)
+                best = members.nonzero()[:, 0][confidence[members].argsort(descending=True)[: cfg.contact_sheets]]
+                sheet = contact_sheet(data.images[best], confidence[best], max_images=cfg.contact_sheets)
                 save_image(sheet, out / "contact_sheets" / f"cluster_{k}.png")
     if cfg.folders != "none" and data.files:
         root = Path(cfg.data.path).expanduser().resolve()

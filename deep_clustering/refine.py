@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
+from deep_clustering.data import ImageSet
 from deep_clustering.distributed import embed_all
 from deep_clustering.kmeans import reseed_empty
 from deep_clustering.losses import kl_divergence, target_distribution
@@ -103,7 +104,7 @@ class DECModule(L.LightningModule):
     def init_centers(self) -> None:
         """The initializer (K-means) on the codes of every sample; the same centres on every process."""
         start = time.perf_counter()
-        z = embed_all(self.encoder, self._images(), self.hparams.embed_batch_size)
+        z = embed_all(self.encoder, self._data(), self.hparams.embed_batch_size, self.device)
         centers = None
         if self.trainer.is_global_zero:
             centers = self.initializer(z)
@@ -116,7 +117,7 @@ class DECModule(L.LightningModule):
     @torch.no_grad()
     def refresh_target(self) -> bool:
         """Recompute P over the whole data set; True when the stop rule is met."""
-        z = embed_all(self.encoder, self._images(), self.hparams.embed_batch_size)
+        z = embed_all(self.encoder, self._data(), self.hparams.embed_batch_size, self.device)
         centers, empty = reseed_empty(z, self.head.centers)
         if empty:
             self.head.centers.copy_(centers)
@@ -131,9 +132,9 @@ class DECModule(L.LightningModule):
         return bool(self.n_refresh > 1 and self.delta_label < self.hparams.tol)
 
     @torch.no_grad()
-    def predict_all(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, C, H, W) images -> ((N, D) codes, (N, K) q) for the whole set, equal on every process."""
-        z = embed_all(self.encoder, images, self.hparams.embed_batch_size)
+    def predict_all(self, data: ImageSet) -> tuple[Tensor, Tensor]:
+        """The ((N, D) codes, (N, K) q) of every image of `data`, on this module's device, equal on every process."""
+        z = embed_all(self.encoder, data, self.hparams.embed_batch_size, self.device)
         return z, self.head(z).exp()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -145,8 +146,8 @@ class DECModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.p, self.last_labels = checkpoint["dec"]["p"], checkpoint["dec"]["last_labels"]
 
-    def _images(self) -> Tensor:
-        return self.trainer.datamodule.data.on(self.device)
+    def _data(self) -> ImageSet:
+        return self.trainer.datamodule.data
 
     def _log_refresh(self, q: Tensor) -> None:
         labels = q.argmax(1)

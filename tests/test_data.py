@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deep_clustering.data import ShardedBatches, from_arrays, load_digits, load_image_folder, load_npz
+from deep_clustering.data import DiskImages, ShardedBatches, from_arrays, load_digits, load_image_folder, load_npz
 from deep_clustering.errors import InputError
 from tests.conftest import shared_npz
 
@@ -99,6 +99,34 @@ def test_image_folder_bad_files_are_listed_or_skipped(tmp_path):
     assert "good.png" not in message and "\n" not in message
     d = load_image_folder(str(tmp_path), on_bad_file="skip")
     assert d.files == ["good.png"] and len(d.skipped) == 4
+
+
+def test_image_folder_on_disk_reads_what_memory_holds_and_reuses_its_cache(tmp_path):
+    folder, cache = tmp_path / "images", tmp_path / "cache"
+    for i in range(7):
+        _save(folder / f"c{i % 2}" / f"{i}.png", "RGB", (9 + i, 12), (30 * i, 255 - 30 * i, 7 * i))
+    (folder / "c0" / "bad.png").write_bytes(b"not a png")
+    memory = load_image_folder(str(folder), image_size=(10, 10), on_bad_file="skip")
+    disk = load_image_folder(
+        str(folder), image_size=(10, 10), on_bad_file="skip", in_memory=False, cache_dir=str(cache)
+    )
+    assert isinstance(disk.images, DiskImages) and disk.images.shape == memory.images.shape == (7, 3, 10, 10)
+    assert torch.equal(disk.images[torch.arange(7)], memory.images)
+    assert torch.equal(disk.labels, memory.labels) and disk.files == memory.files and disk.skipped == memory.skipped
+    batches = list(disk.batches(torch.tensor([6, 0, 3]), 2, torch.device("cpu")))
+    assert torch.equal(torch.cat(batches), memory.images[[6, 0, 3]]) and len(batches) == 2
+    with pytest.raises(InputError, match="1 of 8 files are not readable images.*c0/bad.png"):
+        load_image_folder(str(folder), image_size=(10, 10), in_memory=False, cache_dir=str(cache))
+    built = sorted(cache.iterdir())
+    assert [f.suffix for f in built] == [".json", ".u8"]  # one entry, no temporary files left
+    stamps = [f.stat().st_mtime_ns for f in built]
+    load_image_folder(str(folder), image_size=(10, 10), on_bad_file="skip", in_memory=False, cache_dir=str(cache))
+    assert [f.stat().st_mtime_ns for f in built] == stamps  # reused, not rebuilt
+    _save(folder / "c1" / "new.png", "L", (8, 8), 255)  # the folder changed: a new entry
+    again = load_image_folder(
+        str(folder), image_size=(10, 10), on_bad_file="skip", in_memory=False, cache_dir=str(cache)
+    )
+    assert len(again) == 8 and len(list(cache.iterdir())) == 4
 
 
 def test_image_folder_empty(tmp_path):

@@ -7,7 +7,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from deep_clustering.data import DiskImages, ImageSet
 from deep_clustering.distributed import embed_all, gather_rows
+
+IMAGES = torch.arange(7 * 4, dtype=torch.uint8).view(7, 1, 2, 2) * 9  # 7 images of 2x2 pixels
 
 
 def _free_port() -> int:
@@ -23,17 +26,20 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         # rank 0 holds samples 0, 2, 4 (3 rows); rank 1 holds sample 1 only: unequal sizes
         index = torch.tensor([0, 2, 4]) if rank == 0 else torch.tensor([1])
         rows = gather_rows(index.float()[:, None] * 10, index, 5)
-        images = torch.arange(7 * 4, dtype=torch.float32).view(7, 1, 2, 2)
         torch.manual_seed(0)
         encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-        codes = embed_all(encoder, images, batch_size=2)
-        torch.save({"rows": rows, "codes": codes}, f"{out}.{rank}")
+        cpu = torch.device("cpu")
+        codes = embed_all(encoder, ImageSet(IMAGES.float() / 255), 2, cpu)
+        on_disk = ImageSet(DiskImages(f"{out}.u8", IMAGES.shape), workers=rank)  # rank 1 reads with a worker
+        disk_codes = embed_all(encoder, on_disk, 2, cpu)
+        torch.save({"rows": rows, "codes": codes, "disk_codes": disk_codes}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
 def test_gather_rows_and_embed_all_across_two_processes(tmp_path):
     out = str(tmp_path / "result")
+    IMAGES.numpy().tofile(f"{out}.u8")
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2)
     results = [torch.load(f"{out}.{r}") for r in range(2)]
     for r in results:
@@ -41,6 +47,7 @@ def test_gather_rows_and_embed_all_across_two_processes(tmp_path):
         assert r["rows"][[0, 1, 2, 4], 0].tolist() == [0.0, 10.0, 20.0, 40.0]
     torch.manual_seed(0)
     encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    expected = encoder(torch.arange(7 * 4, dtype=torch.float32).view(7, 1, 2, 2)).detach()
-    for r in results:
+    expected = encoder(IMAGES.float() / 255).detach()
+    for r in results:  # the same codes from a tensor in memory and from a uint8 file
         torch.testing.assert_close(r["codes"], expected)
+        torch.testing.assert_close(r["disk_codes"], expected)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
+from deep_clustering.data import ImageSet
 from deep_clustering.distributed import embed_all
 from deep_clustering.kmeans import KMeansInit, kmeans
 from deep_clustering.models import ConvAutoencoder
@@ -25,8 +26,8 @@ def test_embedding_on_the_gpu_matches_the_cpu():
     torch.manual_seed(0)
     model = ConvAutoencoder(1, (28, 28))
     images = torch.rand(5000, 1, 28, 28)
-    cpu = embed_all(model.encoder, images, 1024)
-    gpu = embed_all(model.encoder.cuda(), images.cuda(), 1024).cpu()
+    cpu = embed_all(model.encoder, ImageSet(images), 1024, torch.device("cpu"))
+    gpu = embed_all(model.encoder.cuda(), ImageSet(images), 1024, torch.device("cuda")).cpu()
     torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
 
 

@@ -117,6 +117,10 @@ def test_image_folder_run_names_the_files(tmp_path):
     skipped = (tmp_path / "run" / "skipped_files.txt").read_text().splitlines()
     assert len(skipped) == 1 and skipped[0].startswith("class0/broken.png: not a readable image")
     assert "skipped 1 bad files" in (tmp_path / "run" / "train.log").read_text()
+    # the same run read from a cache file on disk (folders larger than memory): the same predictions
+    on_disk = ["data.in_memory=false", f"data.cache_dir={tmp_path / 'cache'}", "data.loader_workers=1"]
+    run_train(tmp_path / "disk", *overrides, "data.on_bad_file=skip", *QUICK, *on_disk)
+    assert read_predictions(tmp_path / "disk") == rows
 
 
 def test_two_processes_match_one(tmp_path, pretrained_digits):
