@@ -101,7 +101,7 @@ def _kmeans_plus_plus(x: Tensor, k: int, r: int, gen: torch.Generator, chunk_siz
 
 
 class KMeansInit:
-    """The initial cluster centres for DEC: K-means on the codes, optionally on a map of them.
+    """The initial cluster centres for DEC: K-means (or a Gaussian mixture) on the codes, optionally on a map of them.
 
     Args:
         n_clusters: K.
@@ -112,16 +112,28 @@ class KMeansInit:
             clusters a 2-D t-SNE map of them (the manifold step of N2D, McConville et al. 2020,
             with t-SNE in place of UMAP) and returns the mean code of each cluster; 'auto' is
             'tsne' up to MANIFOLD_MAX_SAMPLES samples and 'none' above, where t-SNE takes minutes.
-        seed: seeds K-means and t-SNE.
+        seed: seeds K-means, t-SNE and the mixture.
+        clusterer: 'kmeans', or 'gmm' (scikit-learn's Gaussian mixture with `n_init` restarts, as
+            N2D clusters its manifold); with 'gmm' the centres are the mean code of each component's samples.
     """
 
-    def __init__(self, n_clusters: int, n_init: int = 20, backend: str = "auto", manifold: str = "auto", seed: int = 0):
+    def __init__(
+        self,
+        n_clusters: int,
+        n_init: int = 20,
+        backend: str = "auto",
+        manifold: str = "auto",
+        seed: int = 0,
+        clusterer: str = "kmeans",
+    ):
         if backend not in ("auto", "torch", "sklearn"):
             raise InputError(f"init.backend={backend!r} must be auto, torch or sklearn")
         if manifold not in ("auto", "none", "tsne"):
             raise InputError(f"init.manifold={manifold!r} must be auto, none or tsne")
+        if clusterer not in ("kmeans", "gmm"):
+            raise InputError(f"init.clusterer={clusterer!r} must be kmeans or gmm")
         self.n_clusters, self.n_init, self.seed = n_clusters, n_init, seed
-        self.backend, self.manifold = backend, manifold
+        self.backend, self.manifold, self.clusterer = backend, manifold, clusterer
 
     def __call__(self, z: Tensor) -> Tensor:
         """(N, D) latent codes of every sample -> (n_clusters, D) centres on z's device."""
@@ -143,7 +155,12 @@ class KMeansInit:
         backend = self.backend
         if backend == "auto":
             backend = "torch" if points.is_cuda else "sklearn"
-        if backend == "torch":
+        if self.clusterer == "gmm":
+            from sklearn.mixture import GaussianMixture
+
+            mixture = GaussianMixture(self.n_clusters, n_init=self.n_init, random_state=self.seed)
+            labels = torch.from_numpy(mixture.fit_predict(points.cpu().numpy())).long().to(z.device)
+        elif backend == "torch":
             result = kmeans(points, self.n_clusters, n_init=self.n_init, seed=self.seed)
             centers, labels = result.centers, result.labels
         else:
@@ -152,7 +169,7 @@ class KMeansInit:
             fit = KMeans(self.n_clusters, n_init=self.n_init, random_state=self.seed).fit(points.cpu().numpy())
             centers = torch.from_numpy(fit.cluster_centers_).float().to(z.device)
             labels = torch.from_numpy(fit.labels_).long().to(z.device)
-        if manifold == "none":
+        if manifold == "none" and self.clusterer == "kmeans":
             return centers
         counts = torch.bincount(labels, minlength=self.n_clusters).clamp_min(1)
         sums = torch.zeros(self.n_clusters, z.shape[1], device=z.device).index_add_(0, labels, z.float())

@@ -48,11 +48,11 @@ def test_more_clusters_than_points_is_refused():
         kmeans(torch.randn(3, 2), 5)
 
 
-@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+@pytest.mark.parametrize("backend,clusterer", [("torch", "kmeans"), ("sklearn", "kmeans"), ("auto", "gmm")])
 @pytest.mark.parametrize("manifold", ["none", "tsne"])
-def test_initial_centers_recover_blobs(backend, manifold):
+def test_initial_centers_recover_blobs(backend, clusterer, manifold):
     x, y = blobs(n=300)
-    centers = KMeansInit(5, n_init=5, backend=backend, manifold=manifold)(x)
+    centers = KMeansInit(5, n_init=5, backend=backend, manifold=manifold, clusterer=clusterer)(x)
     nearest = torch.cdist(x, centers).argmin(1)
     assert centers.shape == (5, 4)
     assert external_metrics(nearest, y)["acc"] == 1.0
@@ -61,6 +61,8 @@ def test_initial_centers_recover_blobs(backend, manifold):
 def test_initial_centers_refuses_unknown_options():
     with pytest.raises(ValueError, match="init.manifold='umap'"):
         KMeansInit(2, manifold="umap")
+    with pytest.raises(ValueError, match="init.clusterer='dbscan'"):
+        KMeansInit(2, clusterer="dbscan")
 
 
 def test_reseed_empty_moves_the_empty_centre_to_the_worst_fit_sample():
