@@ -12,6 +12,7 @@ Times, on the device the trainer picks (a GPU when there is one):
   refinement   iterations/s of DEC/IDEC refinement with its refreshes of P;
   end to end   `python train.py` with the same settings, process start to metrics.json;
   memory       peak host RSS and peak device memory;
+  eager        on a GPU with cuda_graphs on: pretraining and refinement again with eager steps;
   clustpy      ClustPy's IDEC (fully connected autoencoder) and ours with the same autoencoder
                (model=fc), in turn: seconds per pretraining and per clustering epoch, and ratios.
 Writes benchmarks/results/speed-NAME.json and prints a table.
@@ -33,6 +34,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,9 +42,10 @@ sys.path.insert(0, str(ROOT))
 from deep_clustering import runs  # noqa: E402
 from deep_clustering.data import ImageDataModule, load_digits, load_npz  # noqa: E402
 from deep_clustering.distributed import embed_all  # noqa: E402
+from deep_clustering.graphs import capturable  # noqa: E402
 from deep_clustering.kmeans import kmeans  # noqa: E402
 from deep_clustering.losses import soft_assignment, target_distribution  # noqa: E402
-from deep_clustering.pipeline import dec_module, make_trainer  # noqa: E402
+from deep_clustering.pipeline import dec_module, make_trainer, use_graphs  # noqa: E402
 from deep_clustering.pretrain import AutoencoderModule  # noqa: E402
 
 
@@ -93,7 +96,9 @@ def our_pretrain(cfg, data, epochs: int):
         cfg, Path(tempfile.mkdtemp()), "pretrain", False, max_epochs=epochs, enable_progress_bar=False
     )
     trainer.callbacks.append(clock)
-    module = AutoencoderModule(autoencoder, instantiate(cfg.pretrain.optimizer))
+    graphed = use_graphs(cfg, trainer, data)
+    optimizer = instantiate(cfg.pretrain.optimizer)
+    module = AutoencoderModule(autoencoder, capturable(optimizer) if graphed else optimizer, graphed)
     trainer.fit(module, ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed))
     return autoencoder, trainer.strategy.root_device, statistics.median(clock.epochs[1:] or clock.epochs)
 
@@ -103,10 +108,10 @@ def our_refine(cfg, data, autoencoder, iters: int) -> float:
     so all of them run) through the trainer: iterations per second after the first refresh
     interval (warm-up and K-means)."""
     clock = Clock()
-    dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size])
     folder = Path(tempfile.mkdtemp())
     trainer = make_trainer(cfg, folder, "refine", False, max_steps=iters, max_epochs=-1, enable_progress_bar=False)
     trainer.callbacks.append(clock)
+    dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], use_graphs(cfg, trainer, data))
     trainer.fit(dec, ImageDataModule(data, cfg.refine.batch_size, cfg.seed))
     steps = clock.steps
     skip = min(len(steps) - 2, cfg.refine.update_interval)
@@ -116,7 +121,8 @@ def our_refine(cfg, data, autoencoder, iters: int) -> float:
 def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
     """Pretraining epochs, embedding, K-means, a refresh of P and refinement, through the trainer."""
     autoencoder, device, epoch_s = our_pretrain(cfg, data, epochs)
-    out = {"device": device.type, "pretrain_epoch_s": epoch_s, "pretrain_images_per_s": len(data) / epoch_s}
+    out = {"device": device.type, "cuda_graphs": bool(cfg.cuda_graphs) and device.type == "cuda"}
+    out.update({"pretrain_epoch_s": epoch_s, "pretrain_images_per_s": len(data) / epoch_s})
     encoder = autoencoder.encoder.to(device).eval()
     out["embed_s"], codes = timed(lambda: embed_all(encoder, data, 4096, device), device)
     out["kmeans_torch_s"], km = timed(lambda: kmeans(codes, cfg.n_clusters, n_init=20, seed=0), device, repeat=3)
@@ -253,6 +259,10 @@ def main() -> None:
     }
     result.update(ours(cfg, data, args.epochs, args.refine_iters))
     result["device_name"] = torch.cuda.get_device_name() if result["device"] == "cuda" else "cpu"
+    if result["cuda_graphs"]:  # the same stages with eager steps, for the gain of capture
+        eager = OmegaConf.merge(cfg, {"cuda_graphs": False})
+        autoencoder, _, result["eager_pretrain_epoch_s"] = our_pretrain(eager, data, args.epochs)
+        result["eager_refine_iters_per_s"] = our_refine(eager, data, autoencoder, args.refine_iters)
     if args.clustpy:
         result.update(against_clustpy(cfg, data, args.epochs, args.clustpy))
     if args.e2e is not None:

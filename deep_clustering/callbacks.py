@@ -27,17 +27,57 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class FiniteLoss(L.Callback):
-    """Stops at the first NaN or infinite loss, before it reaches the weights, naming stage and step."""
+    """Stops at the first NaN or infinite loss, naming stage and step; no checkpoint ever holds its weights.
 
-    def __init__(self, stage: str) -> None:
-        self.stage = stage
+    On the CPU each loss is checked before its backward pass, so it never reaches the weights. On a
+    GPU a check waits for the GPU to catch up, which would stall every step: there the first bad
+    step is noted on the device and read every `every` steps, at each epoch's end and before every
+    checkpoint (so a few bad updates may reach the weights in memory, never a checkpoint).
+    """
+
+    def __init__(self, stage: str, every: int = 50) -> None:
+        self.stage, self.every = stage, every
+        self.first_bad: torch.Tensor | None = None  # on the GPU: (step, loss) of the first bad loss; step -1 if none
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"{self.stage}: the loss is {float(loss)} at step {trainer.global_step}; the run stops here and "
-                f"its last good checkpoint stays in {trainer.default_root_dir}"
-            )
+        if loss.device.type == "cpu" and not torch.isfinite(loss):
+            self._stop(trainer, float(loss), trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        step = trainer.global_step - 1  # the step just taken
+        if loss.device.type == "cpu":
+            if not pl_module.automatic_optimization and not torch.isfinite(loss):  # no backward hook: check now
+                self._stop(trainer, float(loss), step)
+            return
+        loss = loss.detach().float()
+        if self.first_bad is None:
+            self.first_bad = torch.tensor([-1.0, 0.0], device=loss.device)
+        new = (self.first_bad[0] < 0) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(new, torch.stack([loss.new_tensor(float(step)), loss]), self.first_bad)
+        if trainer.global_step % self.every == 0:
+            self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Stop if a bad loss was noted on the GPU (waits for the GPU)."""
+        if self.first_bad is not None:
+            step, loss = self.first_bad.tolist()
+            if step >= 0:
+                self._stop(trainer, loss, int(step))
+
+    def _stop(self, trainer: L.Trainer, loss: float, step: int) -> None:
+        raise TrainingError(
+            f"{self.stage}: the loss is {loss} at step {step}; the run stops here and "
+            f"its last good checkpoint stays in {trainer.default_root_dir}"
+        )
 
 
 class LastCheckpoint(L.Callback):

@@ -376,14 +376,22 @@ class ShardedBatches(Sampler):
 
     As torch's DistributedSampler: the permutation is padded by repeating indices to a multiple of
     the number of processes, and process `rank` takes every `world`-th index, so every process gets
-    the same number of batches.
+    the same number of batches. The batches are put on `device` (one copy per epoch, not per step).
     """
 
     def __init__(
-        self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True
+        self,
+        n: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        shuffle: bool = True,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world, self.shuffle = rank, world, shuffle
+        self.device = torch.device(device)
         self.epoch = 0
         self.skip = 0  # batches to leave out of the next epoch: those a resumed run already trained on
 
@@ -401,7 +409,7 @@ class ShardedBatches(Sampler):
         total = math.ceil(self.n / self.world) * self.world
         order = torch.cat([order, order[: total - self.n]])[self.rank :: self.world]
         skip, self.skip = self.skip, 0
-        yield from order.split(self.batch_size)[skip:]
+        yield from order.to(self.device).split(self.batch_size)[skip:]
 
 
 def random_affine(x: Tensor, shift: float, rotation: float, gen: torch.Generator) -> Tensor:
@@ -441,7 +449,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        sampler = ShardedBatches(len(self.data), self.batch_size, self.seed, trainer.global_rank, trainer.world_size)
+        # in-memory images are indexed on the device: the batches of indices go there once an epoch
+        device = "cpu" if isinstance(self.data.images, DiskImages) else trainer.strategy.root_device
+        sampler = ShardedBatches(
+            len(self.data), self.batch_size, self.seed, trainer.global_rank, trainer.world_size, device=device
+        )
         # a run resumed mid-epoch goes on with the batch it stopped at, as if never interrupted
         # (every epoch has len(sampler) steps, so the step count tells where in the epoch it was)
         sampler.skip = trainer.global_step % len(sampler)

@@ -18,10 +18,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from deep_clustering import runs
+from deep_clustering import graphs, runs
 from deep_clustering.baselines import run_baselines
 from deep_clustering.callbacks import AtomicCheckpointIO, FiniteLoss, LastCheckpoint
-from deep_clustering.data import ImageDataModule, ImageSet
+from deep_clustering.data import DiskImages, ImageDataModule, ImageSet
 from deep_clustering.distributed import embed_all
 from deep_clustering.errors import InputError
 from deep_clustering.export import load_autoencoder, save_autoencoder, write_metrics, write_predictions
@@ -72,7 +72,9 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     else:
         log.info("stage 1/4: pretraining the autoencoder for %d epochs", cfg.pretrain.epochs)
         trainer = make_trainer(cfg, run_dir, "pretrain", logger, max_epochs=cfg.pretrain.epochs)
-        module = AutoencoderModule(autoencoder, instantiate(cfg.pretrain.optimizer))
+        graphed = use_graphs(cfg, trainer, data)
+        optimizer = instantiate(cfg.pretrain.optimizer)
+        module = AutoencoderModule(autoencoder, graphs.capturable(optimizer) if graphed else optimizer, graphed)
         datamodule = ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed, **cfg.augment)
         trainer.fit(module, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "pretrain"))
         if trainer.is_global_zero:
@@ -90,7 +92,8 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
             baselines = run_baselines(list(cfg.baselines), codes.cpu(), data.labels, cfg.n_clusters, cfg.seed)
     log.info("stage 2-3/4: K-means (%d restarts, manifold %s), then refinement", cfg.init.n_init, cfg.init.manifold)
     start = time.perf_counter()
-    dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size])
+    graphed = use_graphs(cfg, trainer, data)
+    dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], graphed)
     datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **cfg.augment)
     trainer.fit(dec, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "refine"))
     seconds["kmeans"] = float(dec.kmeans_seconds)
@@ -119,6 +122,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "device": _device_name(device),
         "processes": trainer.world_size,
+        "cuda_graphs": dec.captured is not None and dec.captured.graph is not None,  # refinement's steps replayed
         "resumed": bool(cfg.resume),
         "baselines": baselines,
     }
@@ -131,12 +135,15 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     return Result(dec, codes.cpu(), q.cpu(), metrics)
 
 
-def dec_module(cfg: DictConfig, autoencoder: torch.nn.Module, input_shape: list[int]) -> DECModule:
+def dec_module(
+    cfg: DictConfig, autoencoder: torch.nn.Module, input_shape: list[int], graphed: bool = False
+) -> DECModule:
     """The refinement stage's LightningModule around the (pre)trained encoder, as the config says."""
+    optimizer = instantiate(cfg.refine.optimizer)
     return DECModule(
         autoencoder.encoder,
         autoencoder.decoder if cfg.refine.recon else None,
-        instantiate(cfg.refine.optimizer),
+        graphs.capturable(optimizer) if graphed else optimizer,
         instantiate(cfg.init, n_clusters=cfg.n_clusters, seed=cfg.seed),
         n_clusters=cfg.n_clusters,
         latent_dim=autoencoder.latent_dim,
@@ -146,7 +153,15 @@ def dec_module(cfg: DictConfig, autoencoder: torch.nn.Module, input_shape: list[
         tol=cfg.refine.tol,
         model=OmegaConf.to_container(cfg.model),
         input_shape=input_shape,
+        graphed=graphed,
     )
+
+
+def use_graphs(cfg: DictConfig, trainer: L.Trainer, data: ImageSet) -> bool:
+    """Whether this stage captures its training steps as CUDA graphs (`cuda_graphs`, where possible)."""
+    in_memory = not isinstance(data.images, DiskImages)
+    device = trainer.strategy.root_device
+    return bool(cfg.cuda_graphs) and graphs.possible(device, trainer.world_size, trainer.precision, in_memory)
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoardLogger | bool, **limits) -> L.Trainer:
@@ -154,8 +169,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoard
     folder = run_dir / "checkpoints" / stage
     every = {"every_n_epochs": 1} if stage == "pretrain" else {"every_n_steps": cfg.refine.update_interval}
     callbacks = [
+        FiniteLoss(stage),  # first: a checkpoint saved at a step's end sees that step's loss checked
         LastCheckpoint(**every, min_interval_s=cfg.checkpoint.min_interval_s),
-        FiniteLoss(stage),
         *([LearningRateMonitor()] if logger else []),
     ]
     return instantiate(

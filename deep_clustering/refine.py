@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
+from deep_clustering import graphs
 from deep_clustering.data import ImageSet
 from deep_clustering.distributed import embed_all
 from deep_clustering.kmeans import reseed_empty
@@ -46,12 +47,16 @@ class DECModule(L.LightningModule):
         embed_batch_size: int = 4096,
         model: dict | None = None,
         input_shape: list[int] | None = None,
+        graphed: bool = False,
     ) -> None:
         """`model` (the network's config) and `input_shape` (C, H, W) are only recorded, so that a
         checkpoint can rebuild the network (`deep_clustering.pipeline.load_trained`, which gives
-        no optimizer or initializer: such a model predicts, it does not train)."""
+        no optimizer or initializer: such a model predicts, it does not train). `graphed`: each step
+        through `graphs.step` (captured as a CUDA graph on a GPU)."""
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "initializer"])
+        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "initializer", "graphed"])
+        self.automatic_optimization = not graphed
+        self.captured: graphs.CapturedStep | None = None
         self.encoder = encoder
         self.decoder = decoder
         self.head = ClusteringLayer(torch.zeros(n_clusters, latent_dim), alpha)
@@ -72,14 +77,21 @@ class DECModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, idx = batch
+        target = self.p[idx]
+        losses = self.losses(x, target) if self.automatic_optimization else graphs.step(self, self.losses, x, target)
+        self.log("refine/kl", losses[1], prog_bar=True)
+        if self.decoder is not None:
+            self.log("refine/recon", losses[2], prog_bar=True)
+        return losses[0]
+
+    def losses(self, x: Tensor, target: Tensor) -> tuple[Tensor, ...]:
+        """(loss, KL) for DEC, (loss, KL, reconstruction) for IDEC/DCEC, on images `x` with target rows of P."""
         z = self.encoder(x)
-        kl = kl_divergence(self.p[idx], self.head(z))
-        self.log("refine/kl", kl, prog_bar=True)
+        kl = kl_divergence(target, self.head(z))
         if self.decoder is None:
-            return kl
+            return kl, kl
         recon = F.mse_loss(self.decoder(z), x)
-        self.log("refine/recon", recon, prog_bar=True)
-        return self.hparams.gamma * kl + recon
+        return self.hparams.gamma * kl + recon, kl, recon
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.parameters())

@@ -1,5 +1,7 @@
 """Checks that need a GPU; benchmarks/gpu.sh runs them on one. Skipped on machines without CUDA."""
 
+import json
+
 import pytest
 import torch
 from sklearn.cluster import KMeans
@@ -9,6 +11,7 @@ from deep_clustering.distributed import embed_all
 from deep_clustering.kmeans import KMeansInit, kmeans
 from deep_clustering.models import ConvAutoencoder
 from tests.conftest import run_train
+from tests.test_graphs import train_both_stages
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh)")
 
@@ -31,7 +34,22 @@ def test_embedding_on_the_gpu_matches_the_cpu():
     torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
 
 
-def test_a_run_on_the_gpu(tmp_path):
-    run_train(tmp_path / "run", "trainer=gpu", "pretrain.epochs=20", "refine.max_iters=300")
-    metrics = (tmp_path / "run" / "metrics.json").read_text()
-    assert '"device": "cuda: ' in metrics
+def test_captured_steps_train_as_eager_steps_on_the_gpu(tmp_path):
+    pre_a, ref_a, dec_a = train_both_stages(tmp_path / "a", graphed=False, accelerator="gpu")
+    pre_b, ref_b, dec_b = train_both_stages(tmp_path / "b", graphed=True, accelerator="gpu")
+    assert dec_b.captured.graph is not None  # captured, and replayed from the 5th step on
+    assert pre_a.global_step == pre_b.global_step == 29 and ref_a.global_step == ref_b.global_step == 25
+    for (name, a), b in zip(dec_a.state_dict().items(), dec_b.state_dict().values()):
+        if name != "kmeans_seconds":
+            torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-2, msg=name)
+    assert (dec_a.last_labels == dec_b.last_labels).float().mean() > 0.99
+
+
+def test_a_run_on_the_gpu_with_and_without_graphs(tmp_path):
+    for graphs in ("true", "false"):
+        run_train(
+            tmp_path / graphs, "trainer=gpu", f"cuda_graphs={graphs}", "pretrain.epochs=20", "refine.max_iters=300"
+        )
+        metrics = json.loads((tmp_path / graphs / "metrics.json").read_text())
+        assert metrics["device"].startswith("cuda: ") and metrics["cuda_graphs"] == (graphs == "true")
+        assert metrics["acc"] > 0.7

@@ -1,0 +1,67 @@
+"""The path of captured training steps (deep_clustering.graphs): manual optimization, Lightning's step
+count, checkpoints. On the CPU nothing is captured, so the same code runs its steps eagerly and must
+train exactly as the ordinary path does; tests/test_gpu.py compares captured and eager on a GPU."""
+
+from functools import partial
+
+import lightning as L
+import torch
+
+from deep_clustering.data import ImageDataModule, load_digits
+from deep_clustering.kmeans import KMeansInit
+from deep_clustering.models import ConvAutoencoder
+from deep_clustering.pretrain import AutoencoderModule
+from deep_clustering.refine import DECModule
+
+
+def _fit(module: L.LightningModule, data, tmp_path, accelerator: str, **limits) -> L.Trainer:
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+        **limits,
+    )
+    trainer.fit(module, ImageDataModule(data, 64, seed=0))
+    return trainer
+
+
+def train_both_stages(tmp_path, graphed: bool, accelerator: str = "cpu"):
+    """One pretraining epoch on digits, then 25 refinement steps (P refreshed every 10): (trainers, DECModule)."""
+    data = load_digits()
+    torch.manual_seed(0)
+    autoencoder = ConvAutoencoder(1, (8, 8))
+    adam = partial(torch.optim.Adam, lr=1e-3, capturable=accelerator == "gpu")
+    pre = _fit(AutoencoderModule(autoencoder, adam, graphed), data, tmp_path / "pre", accelerator, max_epochs=1)
+    dec = DECModule(
+        autoencoder.encoder,
+        autoencoder.decoder,
+        adam,
+        KMeansInit(10, n_init=3, manifold="none", seed=0),
+        n_clusters=10,
+        latent_dim=autoencoder.latent_dim,
+        update_interval=10,
+        tol=0.0,
+        graphed=graphed,
+    )
+    ref = _fit(dec, data, tmp_path / "ref", accelerator, max_steps=25, max_epochs=-1)
+    return pre, ref, dec
+
+
+def test_graphed_steps_train_as_the_ordinary_steps(tmp_path):
+    pre_a, ref_a, dec_a = train_both_stages(tmp_path / "a", graphed=False)
+    pre_b, ref_b, dec_b = train_both_stages(tmp_path / "b", graphed=True)
+    assert not dec_b.automatic_optimization and dec_b.captured is not None and not dec_b.captured.capture
+    assert pre_a.global_step == pre_b.global_step == 29  # 1,797 digits at 64 a batch: 29 steps an epoch
+    assert ref_a.global_step == ref_b.global_step == 25 and int(dec_b.n_refresh) == 3  # steps 0, 10, 20
+    for (name, a), b in zip(dec_a.state_dict().items(), dec_b.state_dict().values()):
+        if name != "kmeans_seconds":
+            torch.testing.assert_close(b, a, msg=name)
+    opt_a, opt_b = ref_a.optimizers[0].state_dict(), ref_b.optimizers[0].state_dict()
+    for s_a, s_b in zip(opt_a["state"].values(), opt_b["state"].values()):
+        torch.testing.assert_close(s_b["exp_avg"], s_a["exp_avg"])
+    assert all(p.grad is None for p in dec_b.parameters())  # the update happened in the step, once
