@@ -56,7 +56,8 @@ class FiniteLoss(L.Callback):
         if self.first_bad is None:
             self.first_bad = torch.tensor([-1.0, 0.0], device=loss.device)
         new = (self.first_bad[0] < 0) & ~torch.isfinite(loss)
-        self.first_bad = torch.where(new, torch.stack([loss.new_tensor(float(step)), loss]), self.first_bad)
+        step_and_loss = torch.stack([torch.full_like(loss, step), loss])  # full_like: a fill, no copy from the host
+        self.first_bad = torch.where(new, step_and_loss, self.first_bad)
         if trainer.global_step % self.every == 0:
             self.check(trainer)
 

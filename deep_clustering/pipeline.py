@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -168,10 +168,13 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoard
     """The Lightning Trainer of one stage; its checkpoints go to run_dir/checkpoints/STAGE."""
     folder = run_dir / "checkpoints" / stage
     every = {"every_n_epochs": 1} if stage == "pretrain" else {"every_n_steps": cfg.refine.update_interval}
+    bar = limits.get("enable_progress_bar", cfg.trainer.enable_progress_bar)
     callbacks = [
         FiniteLoss(stage),  # first: a checkpoint saved at a step's end sees that step's loss checked
         LastCheckpoint(**every, min_interval_s=cfg.checkpoint.min_interval_s),
         *([LearningRateMonitor()] if logger else []),
+        # the bar reads the losses, which waits for a GPU: every 10 steps rather than every step
+        *([TQDMProgressBar(refresh_rate=10)] if bar else []),
     ]
     return instantiate(
         cfg.trainer,
