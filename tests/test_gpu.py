@@ -34,14 +34,19 @@ def test_embedding_on_the_gpu_matches_the_cpu():
     torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
 
 
-def test_captured_steps_train_as_eager_steps_on_the_gpu(tmp_path):
+def test_captured_steps_train_as_eager_steps_on_the_gpu(tmp_path, monkeypatch):
+    # deterministic kernels without TF32: otherwise two eager runs already drift apart over 54 steps
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     pre_a, ref_a, dec_a = train_both_stages(tmp_path / "a", graphed=False, accelerator="gpu")
     pre_b, ref_b, dec_b = train_both_stages(tmp_path / "b", graphed=True, accelerator="gpu")
     assert dec_b.captured.graph is not None  # captured, and replayed from the 5th step on
     assert pre_a.global_step == pre_b.global_step == 29 and ref_a.global_step == ref_b.global_step == 25
     for (name, a), b in zip(dec_a.state_dict().items(), dec_b.state_dict().values()):
         if name != "kmeans_seconds":
-            torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-2, msg=name)
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
     assert (dec_a.last_labels == dec_b.last_labels).float().mean() > 0.99
 
 
