@@ -2,6 +2,7 @@
 
     python benchmarks/seeds.py --name digits_default                       # the default job, 5 seeds
     python benchmarks/seeds.py --name usps_dcec --seeds 5 -- experiment=dcec_usps data=npz data.path=usps.npz
+    python benchmarks/seeds.py --name usps_dcec --from-sweep multirun/seeds-usps_dcec-DATE -- OVERRIDES  # no runs
 
 Runs `python train.py -m seed=0,...,N-1 OVERRIDES` (one Hydra multirun, each seed a full run in its
 own folder), then writes benchmarks/results/seeds-NAME.json: the command, the device, the date, and
@@ -26,13 +27,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="the result's name: benchmarks/results/seeds-NAME.json")
     parser.add_argument("--seeds", type=int, default=5, help="runs, with seeds 0 .. N-1 (default 5)")
+    parser.add_argument(
+        "--from-sweep",
+        type=Path,
+        help="run nothing: read the seed folders 0..N-1 of this sweep folder (one whose runs were "
+        "interrupted and finished with resume=, say); give the same overrides, for the record",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the recipe (after --)")
     args = parser.parse_args()
-    sweep = ROOT / "multirun" / f"seeds-{args.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     seeds = ",".join(str(s) for s in range(args.seeds))
-    cmd = [sys.executable, "train.py", "-m", f"seed={seeds}", *args.overrides, f"hydra.sweep.dir={sweep}"]
-    cmd += ["trainer.enable_progress_bar=false"]
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    sweep = args.from_sweep or ROOT / "multirun" / f"seeds-{args.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if not args.from_sweep:
+        cmd = [sys.executable, "train.py", "-m", f"seed={seeds}", *args.overrides, f"hydra.sweep.dir={sweep}"]
+        cmd += ["trainer.enable_progress_bar=false"]
+        subprocess.run(cmd, cwd=ROOT, check=True)
     runs = [json.loads((sweep / str(s) / "metrics.json").read_text()) for s in range(args.seeds)]
     result = {
         "benchmark": "seeds",
