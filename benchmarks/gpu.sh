@@ -50,7 +50,7 @@ grep -q "test_captured_steps_train_as_eager_steps_on_the_gpu FAILED\|FAILED.*cap
 pack
 
 echo "== 2. every stage on MNIST, DCEC's autoencoder, batch 256 ($(left) s left)"
-timeout 170 python3 benchmarks/speed.py --npz "$MNIST" --model conv --epochs "${EPOCHS:-5}" --refine-iters "${ITERS:-1400}" \
+timeout 170 python3 benchmarks/speed.py --npz "$MNIST" --model conv --epochs "${EPOCHS:-3}" --refine-iters "${ITERS:-700}" \
   --name mnist-conv-gpu cuda_graphs=$GRAPHS $QUICK 2>&1 | grep -v Warning | tail -32 | tee "$RESULTS/speed.txt"
 cp benchmarks/results/speed-mnist-conv-gpu.json "$RESULTS/" 2>/dev/null && cp "$RESULTS/speed-mnist-conv-gpu.json" "$OUTDIR/"
 pack
