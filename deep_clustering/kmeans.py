@@ -49,7 +49,7 @@ def kmeans(
     threshold = tol * x.var(dim=0, unbiased=False).mean()
     for _ in range(max_iter):
         labels, _ = _assign(x, centers, chunk_size)
-        new_centers = _means(x, labels, centers)
+        new_centers = _means(x, labels, centers, chunk_size)
         shift = (new_centers - centers).pow(2).sum(dim=(1, 2))
         centers = new_centers
         if bool((shift <= threshold).all()):
@@ -72,13 +72,19 @@ def _assign(x: Tensor, centers: Tensor, chunk_size: int) -> tuple[Tensor, Tensor
     return torch.cat(labels, 1), torch.cat(dists, 1)
 
 
-def _means(x: Tensor, labels: Tensor, old: Tensor) -> Tensor:
-    """The mean of each cluster's points, per restart; an empty cluster keeps its old centre."""
+def _means(x: Tensor, labels: Tensor, old: Tensor, chunk_size: int) -> Tensor:
+    """The mean of each cluster's points, per restart; an empty cluster keeps its old centre.
+
+    The sums are one matrix product of the one-hot assignments with the points, a chunk of points at
+    a time (on a GPU, scattered adds into R x K rows would queue on the same few addresses)."""
     r, k, d = old.shape
-    flat = (labels + torch.arange(r, device=x.device)[:, None] * k).reshape(-1)
-    sums = torch.zeros(r * k, d, device=x.device, dtype=x.dtype).index_add_(0, flat, x.repeat(r, 1))
-    counts = torch.bincount(flat, minlength=r * k).to(x.dtype)[:, None]
-    means = (sums / counts.clamp_min(1)).view(r, k, d)
+    sums = torch.zeros(r * k, d, device=x.device, dtype=x.dtype)
+    counts = torch.zeros(r * k, device=x.device, dtype=x.dtype)
+    for xc, lc in zip(x.split(chunk_size), labels.split(chunk_size, dim=1)):
+        onehot = torch.zeros(r, k, xc.shape[0], device=x.device, dtype=x.dtype).scatter_(1, lc[:, None], 1.0)
+        sums += onehot.view(r * k, -1) @ xc
+        counts += onehot.view(r * k, -1).sum(1)
+    means = (sums / counts.clamp_min(1)[:, None]).view(r, k, d)
     return torch.where(counts.view(r, k, 1) > 0, means, old)
 
 
