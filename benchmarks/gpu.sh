@@ -4,6 +4,7 @@
 # phase under its own time limit, so a slow one cannot take the others' results with it:
 #   1. the GPU tests (captured and eager steps agree, K-means and embedding on the GPU, whole runs);
 #   2. benchmarks/speed.py on MNIST (70,000 images): every stage, captured steps and eager steps;
+#      benchmarks/overhead.py: the host time per step around a negligible model;
 #   3. DCEC's recipe on MNIST end to end, alone on the GPU: process start to metrics.json, ACC;
 #   4. accuracy seeds, two queues side by side on the GPU until the deadline: ConvIDEC-DA on
 #      MNIST-test (seeds 0-4), DCEC on MNIST (seeds 1-4; seed 0 is phase 3).
@@ -53,6 +54,11 @@ echo "== 2. every stage on MNIST, DCEC's autoencoder, batch 256 ($(left) s left)
 timeout 170 python3 benchmarks/speed.py --npz "$MNIST" --model conv --epochs "${EPOCHS:-3}" --refine-iters "${ITERS:-700}" \
   --name mnist-conv-gpu cuda_graphs=$GRAPHS $QUICK 2>&1 | grep -v Warning | tail -32 | tee "$RESULTS/speed.txt"
 cp benchmarks/results/speed-mnist-conv-gpu.json "$RESULTS/" 2>/dev/null && cp "$RESULTS/speed-mnist-conv-gpu.json" "$OUTDIR/"
+pack
+
+echo "== 2b. host time per step around a negligible model ($(left) s left)"
+timeout 90 python3 benchmarks/overhead.py --name gpu 2>&1 | tail -4 | tee "$RESULTS/overhead.txt"
+cp benchmarks/results/overhead-gpu.json "$RESULTS/" 2>/dev/null
 pack
 
 run() {  # NAME SECONDS OVERRIDES...: one train.py run into $RESULTS/runs/NAME (metrics.json, train.log)
