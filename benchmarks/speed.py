@@ -42,11 +42,9 @@ sys.path.insert(0, str(ROOT))
 from deep_clustering import runs  # noqa: E402
 from deep_clustering.data import ImageDataModule, load_digits, load_npz  # noqa: E402
 from deep_clustering.distributed import embed_all  # noqa: E402
-from deep_clustering.graphs import capturable  # noqa: E402
 from deep_clustering.kmeans import kmeans  # noqa: E402
 from deep_clustering.losses import soft_assignment, target_distribution  # noqa: E402
-from deep_clustering.pipeline import dec_module, make_trainer, use_graphs  # noqa: E402
-from deep_clustering.pretrain import AutoencoderModule  # noqa: E402
+from deep_clustering.pipeline import dec_module, make_trainer, pretrain_module, use_graphs  # noqa: E402
 
 
 class Clock(L.Callback):
@@ -96,9 +94,7 @@ def our_pretrain(cfg, data, epochs: int):
         cfg, Path(tempfile.mkdtemp()), "pretrain", False, max_epochs=epochs, enable_progress_bar=False
     )
     trainer.callbacks.append(clock)
-    graphed = use_graphs(cfg, trainer, data)
-    optimizer = instantiate(cfg.pretrain.optimizer)
-    module = AutoencoderModule(autoencoder, capturable(optimizer) if graphed else optimizer, graphed)
+    module = pretrain_module(cfg, autoencoder, use_graphs(cfg, trainer, data))
     trainer.fit(module, ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed))
     return autoencoder, trainer.strategy.root_device, statistics.median(clock.epochs[1:] or clock.epochs)
 

@@ -72,9 +72,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     else:
         log.info("stage 1/4: pretraining the autoencoder for %d epochs", cfg.pretrain.epochs)
         trainer = make_trainer(cfg, run_dir, "pretrain", logger, max_epochs=cfg.pretrain.epochs)
-        graphed = use_graphs(cfg, trainer, data)
-        optimizer = instantiate(cfg.pretrain.optimizer)
-        module = AutoencoderModule(autoencoder, graphs.capturable(optimizer) if graphed else optimizer, graphed)
+        module = pretrain_module(cfg, autoencoder, use_graphs(cfg, trainer, data))
         datamodule = ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed, **cfg.augment)
         trainer.fit(module, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "pretrain"))
         if trainer.is_global_zero:
@@ -133,6 +131,12 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})
     logger.finalize("success")
     return Result(dec, codes.cpu(), q.cpu(), metrics)
+
+
+def pretrain_module(cfg: DictConfig, autoencoder: torch.nn.Module, graphed: bool = False) -> AutoencoderModule:
+    """The pretraining stage's LightningModule, as the config says."""
+    optimizer = instantiate(cfg.pretrain.optimizer)
+    return AutoencoderModule(autoencoder, graphs.capturable(optimizer) if graphed else optimizer, graphed)
 
 
 def dec_module(
