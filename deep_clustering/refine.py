@@ -70,6 +70,10 @@ class DECModule(L.LightningModule):
         self.register_buffer("delta_label", torch.tensor(float("nan")))  # labels changed at the last refresh
         self.register_buffer("kmeans_seconds", torch.tensor(0.0))  # time the initializer took
         self.register_buffer("steps", torch.tensor(0))  # optimizer steps when training ended
+        # the loss parts summed over the steps since the last refresh of P and logged (as means) at the
+        # next one, rather than through self.log at every step, which costs as much host time as a step
+        self.interval_losses: Tensor | None = None
+        self.interval_steps = 0
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) images -> (B, K) log q."""
@@ -79,9 +83,9 @@ class DECModule(L.LightningModule):
         x, idx = batch
         target = self.p[idx]
         losses = self.losses(x, target) if self.automatic_optimization else graphs.step(self, self.losses, x, target)
-        self.log("refine/kl", losses[1], prog_bar=True)
-        if self.decoder is not None:
-            self.log("refine/recon", losses[2], prog_bar=True)
+        parts = torch.stack(losses[1:]).detach()
+        self.interval_losses = parts if self.interval_losses is None else self.interval_losses + parts
+        self.interval_steps += 1
         return losses[0]
 
     def losses(self, x: Tensor, target: Tensor) -> tuple[Tensor, ...]:
@@ -166,6 +170,11 @@ class DECModule(L.LightningModule):
         sizes = torch.bincount(labels, minlength=self.hparams.n_clusters)
         largest = float(sizes.max()) / labels.numel()
         metrics = {"refine/delta_label": float(self.delta_label), "refine/largest_cluster": largest}
+        if self.interval_steps:  # this process's mean of each loss part over the steps since the last refresh
+            means = (self.interval_losses / self.interval_steps).tolist()
+            metrics.update(zip(["refine/kl", "refine/recon"], means))
+            self.log("kl", means[0], prog_bar=True, logger=False)
+        self.interval_losses, self.interval_steps = None, 0
         if largest > 0.5 and self.hparams.n_clusters > 2 and self.trainer.is_global_zero:
             log.warning(
                 "refine step %d: collapse? cluster %d holds %.0f%% of the samples",
