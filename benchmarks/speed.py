@@ -120,7 +120,7 @@ def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
     out = {"device": device.type, "cuda_graphs": bool(cfg.cuda_graphs) and device.type == "cuda"}
     out.update({"pretrain_epoch_s": epoch_s, "pretrain_images_per_s": len(data) / epoch_s})
     encoder = autoencoder.encoder.to(device).eval()
-    out["embed_s"], codes = timed(lambda: embed_all(encoder, data, 4096, device), device)
+    out["embed_s"], codes = timed(lambda: embed_all(encoder, data, None, device), device)
     out["kmeans_torch_s"], km = timed(lambda: kmeans(codes, cfg.n_clusters, n_init=20, seed=0), device, repeat=3)
     out["kmeans_torch_inertia"] = km.inertia
     from sklearn.cluster import KMeans
@@ -131,7 +131,7 @@ def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
     out["kmeans_sklearn_inertia"] = float(fit.inertia_)
 
     def refresh():
-        q = soft_assignment(embed_all(encoder, data, 4096, device), km.centers).exp()
+        q = soft_assignment(embed_all(encoder, data, None, device), km.centers).exp()
         return target_distribution(q), q.argmax(1)
 
     out["refresh_s"], _ = timed(refresh, device)

@@ -5,6 +5,8 @@ results are gathered with padding (gloo aborts on gathers of unequal sizes) and 
 order, so P, K-means and the metrics see every sample once, in the same order, on every rank.
 """
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -47,10 +49,20 @@ def gather_rows(values: Tensor, index: Tensor, n: int) -> Tensor:
     return out
 
 
+# pixel values in one batch of an embedding pass when no batch size is given: 64 MB of float32
+# input (21,399 MNIST images, 111 of 3 x 224 x 224); on an H100 a pass over MNIST took 11.5 ms in
+# batches of 16,384 or more against 17.4 ms in batches of 4,096 (launches and per-batch work)
+EMBED_VALUES = 2**24
+
+
 @torch.no_grad()
-def embed_all(encoder: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> Tensor:
-    """The (N, D) codes of every image of `data` on `device`, each computed once, equal on every process."""
+def embed_all(encoder: nn.Module, data: ImageSet, batch_size: int | None, device: torch.device) -> Tensor:
+    """The (N, D) codes of every image of `data` on `device`, each computed once, equal on every process.
+
+    `batch_size` None: as many images a batch as hold EMBED_VALUES pixel values.
+    """
     rank, world = rank_and_world()
+    batch_size = batch_size or max(1, EMBED_VALUES // math.prod(data.images.shape[1:]))
     mine = torch.arange(rank, len(data), world, device=device)
     was_training = encoder.training
     encoder.eval()

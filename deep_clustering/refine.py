@@ -44,7 +44,7 @@ class DECModule(L.LightningModule):
         alpha: float = 1.0,
         update_interval: int = 140,
         tol: float = 1e-3,
-        embed_batch_size: int = 4096,
+        embed_batch_size: int | None = None,
         model: dict | None = None,
         input_shape: list[int] | None = None,
         graphed: bool = False,
@@ -52,7 +52,8 @@ class DECModule(L.LightningModule):
         """`model` (the network's config) and `input_shape` (C, H, W) are only recorded, so that a
         checkpoint can rebuild the network (`deep_clustering.pipeline.load_trained`, which gives
         no optimizer or initializer: such a model predicts, it does not train). `graphed`: each step
-        through `graphs.step` (captured as a CUDA graph on a GPU)."""
+        through `graphs.step` (captured as a CUDA graph on a GPU). `embed_batch_size`: images per
+        batch of the passes over the whole data set (None: `distributed.EMBED_VALUES` pixel values)."""
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "initializer", "graphed"])
         self.automatic_optimization = not graphed

@@ -51,3 +51,15 @@ def test_gather_rows_and_embed_all_across_two_processes(tmp_path):
     for r in results:  # the same codes from a tensor in memory and from a uint8 file
         torch.testing.assert_close(r["codes"], expected)
         torch.testing.assert_close(r["disk_codes"], expected)
+
+
+def test_embed_all_without_a_batch_size_takes_batches_of_a_fixed_pixel_count(monkeypatch):
+    monkeypatch.setattr("deep_clustering.distributed.EMBED_VALUES", 12)  # 3 images of 2x2 pixels a batch
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    sizes = []
+    encoder = torch.nn.Sequential(torch.nn.Identity(), linear)
+    encoder[0].register_forward_hook(lambda module, args, out: sizes.append(len(out)))
+    codes = embed_all(encoder, ImageSet(IMAGES.float() / 255), None, torch.device("cpu"))
+    assert sizes == [3, 3, 1]
+    torch.testing.assert_close(codes, linear(IMAGES.float() / 255).detach())
