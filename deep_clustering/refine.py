@@ -110,6 +110,8 @@ class DECModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         self.steps.fill_(self.global_step)
+        if self.logger is not None:  # the steps after the last refresh (a run that ends at max_iters)
+            self.logger.log_metrics(self._interval_means(), step=self.global_step)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         if self.global_step % self.hparams.update_interval == 0 and self.refresh_target():
@@ -163,6 +165,14 @@ class DECModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.p, self.last_labels = checkpoint["dec"]["p"], checkpoint["dec"]["last_labels"]
 
+    def _interval_means(self) -> dict[str, float]:
+        """This process's mean of each loss part over the steps since the last call ({} if none); resets the sums."""
+        means = {}
+        if self.interval_steps:
+            means = dict(zip(["refine/kl", "refine/recon"], (self.interval_losses / self.interval_steps).tolist()))
+        self.interval_losses, self.interval_steps = None, 0
+        return means
+
     def _data(self) -> ImageSet:
         return self.trainer.datamodule.data
 
@@ -171,11 +181,9 @@ class DECModule(L.LightningModule):
         sizes = torch.bincount(labels, minlength=self.hparams.n_clusters)
         largest = float(sizes.max()) / labels.numel()
         metrics = {"refine/delta_label": float(self.delta_label), "refine/largest_cluster": largest}
-        if self.interval_steps:  # this process's mean of each loss part over the steps since the last refresh
-            means = (self.interval_losses / self.interval_steps).tolist()
-            metrics.update(zip(["refine/kl", "refine/recon"], means))
-            self.log("kl", means[0], prog_bar=True, logger=False)
-        self.interval_losses, self.interval_steps = None, 0
+        metrics.update(self._interval_means())
+        if "refine/kl" in metrics:
+            self.log("kl", metrics["refine/kl"], prog_bar=True, logger=False)
         if largest > 0.5 and self.hparams.n_clusters > 2 and self.trainer.is_global_zero:
             log.warning(
                 "refine step %d: collapse? cluster %d holds %.0f%% of the samples",
