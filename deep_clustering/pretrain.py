@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deep_clustering import graphs
+from deep_clustering.running import RunningMean
 
 
 class AutoencoderModule(L.LightningModule):
@@ -22,10 +23,9 @@ class AutoencoderModule(L.LightningModule):
         self.optimizer = optimizer
         self.automatic_optimization = not graphed
         self.captured: graphs.CapturedStep | None = None
-        # the epoch's summed loss and image count, kept here rather than through self.log at every
+        # the epoch's mean loss over its images, kept here rather than through self.log at every
         # step: a self.log call costs about as much host time as a captured step
-        self.epoch_loss: Tensor | None = None
-        self.epoch_images = 0
+        self.epoch_loss = RunningMean()
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.autoencoder(x)
@@ -33,15 +33,13 @@ class AutoencoderModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _ = batch
         (loss,) = self.losses(x) if self.automatic_optimization else graphs.step(self, self.losses, x)
-        weighted = loss.detach() * x.shape[0]
-        self.epoch_loss = weighted if self.epoch_loss is None else self.epoch_loss + weighted
-        self.epoch_images += x.shape[0]
+        self.epoch_loss.add(loss, x.shape[0])
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if self.epoch_images:  # the mean over the epoch's images, as self.log(on_epoch=True) gives
-            self.log("pretrain/recon", self.epoch_loss / self.epoch_images, prog_bar=True)
-        self.epoch_loss, self.epoch_images = None, 0
+        mean = self.epoch_loss.pop()  # the mean over the epoch's images, as self.log(on_epoch=True) gives
+        if mean is not None:
+            self.log("pretrain/recon", mean, prog_bar=True)
 
     def losses(self, x: Tensor) -> tuple[Tensor]:
         return (F.mse_loss(self.autoencoder(x)[1], x),)

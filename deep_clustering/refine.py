@@ -24,6 +24,7 @@ from deep_clustering.kmeans import reseed_empty
 from deep_clustering.losses import kl_divergence, target_distribution
 from deep_clustering.metrics import external_metrics
 from deep_clustering.models import ClusteringLayer
+from deep_clustering.running import RunningMean
 from deep_clustering.visualize import log_refresh
 
 log = logging.getLogger("deep_clustering")
@@ -71,10 +72,9 @@ class DECModule(L.LightningModule):
         self.register_buffer("delta_label", torch.tensor(float("nan")))  # labels changed at the last refresh
         self.register_buffer("kmeans_seconds", torch.tensor(0.0))  # time the initializer took
         self.register_buffer("steps", torch.tensor(0))  # optimizer steps when training ended
-        # the loss parts summed over the steps since the last refresh of P and logged (as means) at the
-        # next one, rather than through self.log at every step, which costs as much host time as a step
-        self.interval_losses: Tensor | None = None
-        self.interval_steps = 0
+        # the loss parts' mean over the steps since the last refresh of P, logged at the next one,
+        # rather than through self.log at every step, which costs as much host time as a step
+        self.interval_losses = RunningMean()
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) images -> (B, K) log q."""
@@ -84,9 +84,7 @@ class DECModule(L.LightningModule):
         x, idx = batch
         target = self.p[idx]
         losses = self.losses(x, target) if self.automatic_optimization else graphs.step(self, self.losses, x, target)
-        parts = torch.stack(losses[1:]).detach()
-        self.interval_losses = parts if self.interval_losses is None else self.interval_losses + parts
-        self.interval_steps += 1
+        self.interval_losses.add(torch.stack(losses[1:]))
         return losses[0]
 
     def losses(self, x: Tensor, target: Tensor) -> tuple[Tensor, ...]:
@@ -167,11 +165,8 @@ class DECModule(L.LightningModule):
 
     def _interval_means(self) -> dict[str, float]:
         """This process's mean of each loss part over the steps since the last call ({} if none); resets the sums."""
-        means = {}
-        if self.interval_steps:
-            means = dict(zip(["refine/kl", "refine/recon"], (self.interval_losses / self.interval_steps).tolist()))
-        self.interval_losses, self.interval_steps = None, 0
-        return means
+        means = self.interval_losses.pop()
+        return {} if means is None else dict(zip(["refine/kl", "refine/recon"], means.tolist()))
 
     def _data(self) -> ImageSet:
         return self.trainer.datamodule.data
