@@ -11,27 +11,36 @@ from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 
+def most_confident(q: Tensor, per_cluster: int) -> Tensor:
+    """(K, per_cluster) indices of each cluster's most confident members, most confident first, -1
+    where a cluster has fewer; computed where `q` is (one top-k over the (N, K) table).
+
+    Args:
+        q: (N, K) soft assignments.
+    """
+    confidence, pred = q.max(1)
+    own = pred[:, None] == torch.arange(q.shape[1], device=q.device)
+    scores = torch.where(own, confidence[:, None], torch.full_like(q, -1.0))  # -1: not a member
+    values, best = scores.topk(min(per_cluster, q.shape[0]), dim=0)
+    best = torch.where(values >= 0, best, -1).T
+    return torch.nn.functional.pad(best, (0, per_cluster - best.shape[1]), value=-1)
+
+
 def confident_grid(images: Tensor, q: Tensor, per_cluster: int = 10) -> Tensor:
     """The most confident samples of every cluster, one row per cluster (blank where a cluster has
-    fewer members).
+    fewer members). Only those samples' indices leave q's device.
 
     Args:
         images: (N, C, H, W) in [0, 1].
         q: (N, K) soft assignments.
 
     Returns:
-        (3, rows * (H + 2), per_cluster * (W + 2)) image for `add_image`.
+        (3, rows * (H + 2) + 2, per_cluster * (W + 2) + 2) image for `add_image`.
     """
-    confidence, pred = q.max(1)
-    tiles = []
-    for j in range(q.shape[1]):
-        members = torch.nonzero(pred == j).flatten()
-        best = members[confidence[members].argsort(descending=True)[:per_cluster]]
-        row = images[best.cpu()].float()
-        blank = torch.zeros(per_cluster - len(best), *images.shape[1:])
-        tiles.append(torch.cat([row, blank]))
-    grid = make_grid(torch.cat(tiles), nrow=per_cluster, padding=2, pad_value=0.5)
-    return grid.clamp(0, 1)
+    best = most_confident(q, per_cluster).flatten().cpu()
+    tiles = torch.zeros(len(best), *images.shape[1:])
+    tiles[best >= 0] = images[best[best >= 0]].float()
+    return make_grid(tiles, nrow=per_cluster, padding=2, pad_value=0.5).clamp(0, 1)
 
 
 def contact_sheet(images: Tensor, confidence: Tensor, max_images: int = 64, per_row: int = 8) -> Tensor:
@@ -98,8 +107,21 @@ def pca_2d(codes: Tensor) -> Tensor:
 
 def log_refresh(experiment, images: Tensor, q: Tensor, step: int) -> None:
     """At each refresh of P: the most confident samples of every cluster and the cluster sizes."""
-    experiment.add_image("refine/most_confident", confident_grid(images, q.cpu()), step)
-    experiment.add_histogram("refine/cluster_sizes", q.argmax(1).cpu(), step, bins=q.shape[1])
+    experiment.add_image("refine/most_confident", confident_grid(images, q), step)
+    k = q.shape[1]
+    sizes = torch.bincount(q.argmax(1), minlength=k).cpu().double()
+    values = torch.arange(k, dtype=torch.float64)  # a histogram of the cluster ids, one bucket each
+    experiment.add_histogram_raw(
+        "refine/cluster_sizes",
+        min=0,
+        max=k - 1,
+        num=int(sizes.sum()),
+        sum=float((sizes * values).sum()),
+        sum_squares=float((sizes * values**2).sum()),
+        bucket_limits=(values + 0.5).tolist(),
+        bucket_counts=sizes.tolist(),
+        global_step=step,
+    )
 
 
 def log_final(

@@ -1,8 +1,10 @@
 import math
 
+import pytest
 import torch
+from sklearn import metrics as sk
 
-from deep_clustering.metrics import external_metrics, internal_metrics
+from deep_clustering.metrics import contingency, external_metrics, internal_metrics
 
 
 def test_permuted_labelling_scores_one():
@@ -39,3 +41,33 @@ def test_internal_metrics_prefer_the_true_partition():
 def test_internal_metrics_one_cluster_is_nan():
     m = internal_metrics(torch.randn(10, 2), torch.zeros(10, dtype=torch.long))
     assert all(math.isnan(v) for v in m.values())
+
+
+@pytest.mark.parametrize(
+    "n, k, c",
+    [(1000, 10, 10), (500, 3, 7), (300, 12, 4), (50, 1, 5), (50, 5, 1), (10, 10, 10)],
+)
+def test_nmi_and_ari_match_scikit_learn(n, k, c):
+    gen = torch.Generator().manual_seed(n + k + c)
+    target = torch.randint(c, (n,), generator=gen)
+    noise = torch.randint(k, (n,), generator=gen)
+    pred = torch.where(torch.rand(n, generator=gen) < 0.6, target % k, noise)  # partly right, partly not
+    pred[pred == k // 2] = k - 1  # an empty cluster between occupied ones (where k > 2)
+    m = external_metrics(pred, target)
+    assert math.isclose(m["nmi"], sk.normalized_mutual_info_score(target, pred), rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(m["ari"], sk.adjusted_rand_score(target, pred), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_single_cluster_and_single_class_score_as_scikit_learn():
+    ones, mixed = torch.zeros(20, dtype=torch.long), torch.arange(20) % 4
+    for pred, target in [(ones, ones), (ones, mixed), (mixed, ones)]:
+        m = external_metrics(pred, target)
+        assert m["nmi"] == sk.normalized_mutual_info_score(target, pred)
+        assert m["ari"] == sk.adjusted_rand_score(target, pred)
+
+
+def test_contingency_counts_clusters_by_classes():
+    pred, target = torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([1, 1, 0, 0, 1, 1])
+    expected = torch.tensor([[0, 2], [1, 0], [1, 2]])
+    assert torch.equal(contingency(pred, target), expected)
+    assert contingency(pred, target, n_clusters=4, n_classes=3).shape == (4, 3)  # room for absent ones

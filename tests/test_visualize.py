@@ -2,7 +2,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from deep_clustering.visualize import confident_grid, hungarian_order, log_final, log_refresh
+from deep_clustering.visualize import confident_grid, hungarian_order, log_final, log_refresh, most_confident
 
 
 def test_confident_grid_has_one_row_per_cluster():
@@ -10,6 +10,13 @@ def test_confident_grid_has_one_row_per_cluster():
     q = torch.softmax(torch.randn(30, 4), 1)
     grid = confident_grid(images, q, per_cluster=5)
     assert grid.shape == (3, 4 * 10 + 2, 5 * 10 + 2)  # rows of 8 + 2 padding, plus the outer border
+
+
+def test_most_confident_ranks_each_clusters_members_and_pads():
+    q = torch.tensor([[0.6, 0.4, 0.0], [0.95, 0.05, 0.0], [0.2, 0.8, 0.0], [0.7, 0.3, 0.0]])
+    # cluster 0: samples 1 (0.95), 3 (0.7), 0 (0.6); cluster 1: sample 2; cluster 2: none
+    expected = torch.tensor([[1, 3, 0, -1, -1], [2, -1, -1, -1, -1], [-1, -1, -1, -1, -1]])
+    assert torch.equal(most_confident(q, per_cluster=5), expected)
 
 
 def test_confident_grid_puts_the_most_confident_first():
