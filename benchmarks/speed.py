@@ -8,7 +8,8 @@ Times, on the device the trainer picks (a GPU when there is one):
                Trainer, callbacks and data path of train.py;
   embedding    one pass over the whole data set (what init and each refresh of P do);
   kmeans       torch K-means on the codes (20 restarts) and scikit-learn's, with both inertias;
-  refresh      a refresh of P: embedding pass, Student-t q, P, labels;
+  refresh      a refresh of P: embedding pass, Student-t q, P, labels; and apart, the metrics
+               against the labels and the TensorBoard views the trainer adds to each refresh;
   refinement   iterations/s of DEC/IDEC refinement with its refreshes of P;
   end to end   `python train.py` with the same settings, process start to metrics.json;
   memory       peak host RSS and peak device memory;
@@ -21,6 +22,7 @@ Writes benchmarks/results/speed-NAME.json and prints a table.
 import argparse
 import datetime
 import json
+import math
 import platform
 import resource
 import statistics
@@ -35,6 +37,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,15 +47,19 @@ from deep_clustering.data import ImageDataModule, load_digits, load_npz  # noqa:
 from deep_clustering.distributed import embed_all  # noqa: E402
 from deep_clustering.kmeans import kmeans  # noqa: E402
 from deep_clustering.losses import soft_assignment, target_distribution  # noqa: E402
+from deep_clustering.metrics import external_metrics  # noqa: E402
 from deep_clustering.pipeline import dec_module, make_trainer, pretrain_module, use_graphs  # noqa: E402
+from deep_clustering.visualize import log_refresh  # noqa: E402
 
 
 class Clock(L.Callback):
-    """Wall time at every epoch's start and end and at every batch's end."""
+    """Wall time of every epoch, and at the end of the steps `marks` (global step counts), waiting
+    for the GPU only there: a wait at every step would add the host's time per step to the GPU's
+    instead of letting them overlap, as they do in a run."""
 
-    def __init__(self) -> None:
+    def __init__(self, marks: tuple[int, ...] = ()) -> None:
         self.epochs: list[float] = []
-        self.steps: list[float] = []
+        self.marks = dict.fromkeys(marks, math.nan)
         self._start = 0.0
 
     def _now(self, trainer: L.Trainer) -> float:
@@ -67,7 +74,8 @@ class Clock(L.Callback):
         self.epochs.append(self._now(trainer) - self._start)
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        self.steps.append(self._now(trainer))
+        if trainer.global_step in self.marks:
+            self.marks[trainer.global_step] = self._now(trainer)
 
 
 def timed(fn, device: torch.device, repeat: int = 5) -> tuple[float, object]:
@@ -103,15 +111,14 @@ def our_refine(cfg, data, autoencoder, iters: int) -> float:
     """`iters` refinement iterations (K-means init, refreshes of P included; cfg sets refine.tol=0,
     so all of them run) through the trainer: iterations per second after the first refresh
     interval (warm-up and K-means)."""
-    clock = Clock()
+    first = min(cfg.refine.update_interval, iters - 1)  # from the end of the first interval
+    clock = Clock(marks=(first, iters))
     folder = Path(tempfile.mkdtemp())
     trainer = make_trainer(cfg, folder, "refine", False, max_steps=iters, max_epochs=-1, enable_progress_bar=False)
     trainer.callbacks.append(clock)
     dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], use_graphs(cfg, trainer, data))
     trainer.fit(dec, ImageDataModule(data, cfg.refine.batch_size, cfg.seed))
-    steps = clock.steps
-    skip = min(len(steps) - 2, cfg.refine.update_interval)
-    return (len(steps) - 1 - skip) / (steps[-1] - steps[skip])
+    return (iters - first) / (clock.marks[iters] - clock.marks[first])
 
 
 def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
@@ -132,9 +139,13 @@ def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
 
     def refresh():
         q = soft_assignment(embed_all(encoder, data, None, device), km.centers).exp()
-        return target_distribution(q), q.argmax(1)
+        return target_distribution(q), q.argmax(1), q
 
-    out["refresh_s"], _ = timed(refresh, device)
+    out["refresh_s"], (_, _, q) = timed(refresh, device)
+    if data.labels is not None:  # what the trainer adds at each refresh: metrics, TensorBoard views
+        with tempfile.TemporaryDirectory() as folder, SummaryWriter(folder) as writer:
+            views = lambda: (external_metrics(q.argmax(1), data.labels), log_refresh(writer, data.images, q, 0))  # noqa: E731
+            out["refresh_views_s"], _ = timed(views, device)
     out["refine_iters_per_s"] = our_refine(cfg, data, autoencoder, refine_iters)
     out["refine_epoch_s"] = -(-len(data) // cfg.refine.batch_size) / out["refine_iters_per_s"]
     out["peak_device_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
