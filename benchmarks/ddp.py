@@ -8,14 +8,18 @@ Three ways of running the same short pretraining (DCEC's autoencoder, batch 256 
                two processes: shared cores, caches and memory bandwidth, no communication);
   ddp          `trainer=ddp`: two processes of one run, gradients all-reduced at every step.
 Images per second per process from the wall times of the epochs (TensorBoard's `pretrain/recon`,
-the first epoch left out). ddp / independent is what DDP itself costs; independent / one is what
-the machine costs. Rounds alternate; medians are reported.
+the first epoch left out). ddp / independent is what DDP costs in the trainer; independent / one
+is what the machine costs. For reference, the same with a bare PyTorch loop (no Lightning, no
+trainer; the same autoencoder, fused Adam, batch and epochs): bare_one, one process, and bare_ddp,
+two processes under torchrun with DistributedDataParallel over gloo: bare_ddp / bare_one is what
+DDP itself costs on this machine. Rounds alternate; medians are reported.
 Writes benchmarks/results/ddp-NAME.json.
 """
 
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -47,6 +51,52 @@ def images_per_s(folder: Path, images: float) -> float:
     return images / statistics.median(b - a for a, b in zip(times, times[1:]))
 
 
+def bare_worker(npz: str, epochs: int) -> None:
+    """The bare loop (run by `bare`): prints this process's images/s, the median epoch after the first."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    sys.path.insert(0, str(ROOT))
+    from deep_clustering.data import load_npz
+    from deep_clustering.models import ConvAutoencoder
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    torch.manual_seed(0)
+    data = load_npz(npz)
+    model = ConvAutoencoder(data.channels, data.image_size)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    seconds = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(epoch))[rank::world]
+        for idx in order.split(256):
+            x = data.images[idx]
+            adam.zero_grad()
+            torch.nn.functional.mse_loss(model(x)[1], x).backward()
+            adam.step()
+        seconds.append(time.perf_counter() - start)
+    if rank == 0:
+        print(json.dumps({"images_per_s": math.ceil(len(data) / world) / statistics.median(seconds[1:])}))
+
+
+def bare(npz: str, epochs: int, ddp: bool) -> float:
+    """Images/s per process of the bare loop: alone, or two processes under torchrun."""
+    launch = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if ddp else [])]
+    cmd = [*launch, __file__, "--npz", npz, "--name", "bare", "--epochs", str(epochs), "--bare-worker"]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"the bare loop failed ({'ddp' if ddp else 'one'}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
 def run(npz: str, epochs: int, way: str, n: int) -> list[float]:
     """Images/s of each process of one way of running."""
     folders = [Path(tempfile.mkdtemp()) / "run" for _ in range(2 if way == "independent" else 1)]
@@ -66,14 +116,20 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="the result's name: benchmarks/results/ddp-NAME.json")
     parser.add_argument("--epochs", type=int, default=6, help="pretraining epochs per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; medians are reported")
+    parser.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_worker:
+        return bare_worker(args.npz, args.epochs)
     with np.load(args.npz) as arrays:
         n = sum(len(arrays[k]) for k in ("x_train", "x_test") if k in arrays)
-    ways = ("one", "independent", "ddp")
+    ways = ("one", "independent", "ddp", "bare_one", "bare_ddp")
     rows = {w: [] for w in ways}
     for _ in range(args.rounds):
         for way in ways:
-            rows[way].append(statistics.fmean(run(args.npz, args.epochs, way, n)))
+            if way.startswith("bare"):
+                rows[way].append(bare(args.npz, args.epochs, ddp=way == "bare_ddp"))
+            else:
+                rows[way].append(statistics.fmean(run(args.npz, args.epochs, way, n)))
     median = {w: statistics.median(v) for w, v in rows.items()}
     result = {
         "benchmark": "ddp",
@@ -85,12 +141,13 @@ def main() -> None:
         "ddp_over_independent": median["ddp"] / median["independent"],
         "independent_over_one": median["independent"] / median["one"],
         "ddp_over_one": median["ddp"] / median["one"],
+        "bare_ddp_over_bare_one": median["bare_ddp"] / median["bare_one"],
     }
     out = ROOT / "benchmarks" / "results" / f"ddp-{args.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     for way in ways:
         print(f"{way:<12} {median[way]:8.0f} images/s per process")
-    for key in ("ddp_over_independent", "independent_over_one", "ddp_over_one"):
+    for key in ("ddp_over_independent", "independent_over_one", "ddp_over_one", "bare_ddp_over_bare_one"):
         print(f"{key:<22} {result[key]:.3f}")
     print(f"wrote {out}")
 
