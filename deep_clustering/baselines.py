@@ -5,34 +5,41 @@ import torch
 from torch import Tensor
 
 from deep_clustering.errors import InputError
+from deep_clustering.kmeans import kmeans
 from deep_clustering.metrics import external_metrics, internal_metrics
 
 NAMES = ("kmeans", "gmm", "hdbscan")
 
 
-def cluster_codes(name: str, codes: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """(N, D) codes -> (N,) labels by scikit-learn's K-means (20 restarts), a Gaussian mixture
-    (full covariances, 3 restarts) or HDBSCAN (which picks its own number of clusters; noise
-    points get a cluster of their own)."""
+def cluster_codes(name: str, codes: Tensor, n_clusters: int, seed: int = 0) -> Tensor:
+    """(N, D) codes -> (N,) labels on the codes' device, by K-means (20 restarts; in torch for codes
+    on a GPU, scikit-learn's otherwise, as the initialisation), a Gaussian mixture (scikit-learn's,
+    full covariances, 3 restarts) or HDBSCAN (which picks its own number of clusters; noise points
+    get a cluster of their own)."""
     from sklearn.cluster import HDBSCAN, KMeans
     from sklearn.mixture import GaussianMixture
 
+    if name == "kmeans" and codes.is_cuda:
+        return kmeans(codes, n_clusters, n_init=20, seed=seed).labels
+    x = codes.float().cpu().numpy()
     if name == "kmeans":
-        return KMeans(n_clusters, n_init=20, random_state=seed).fit_predict(codes)
-    if name == "gmm":
-        return GaussianMixture(n_clusters, n_init=3, random_state=seed).fit_predict(codes)
-    if name == "hdbscan":
-        labels = HDBSCAN(min_cluster_size=max(5, len(codes) // (20 * n_clusters))).fit_predict(codes)
-        return np.where(labels < 0, labels.max() + 1, labels)
-    raise InputError(f"baselines: unknown clusterer {name!r} (known: {', '.join(NAMES)})")
+        labels = KMeans(n_clusters, n_init=20, random_state=seed).fit_predict(x)
+    elif name == "gmm":
+        labels = GaussianMixture(n_clusters, n_init=3, random_state=seed).fit_predict(x)
+    elif name == "hdbscan":
+        labels = HDBSCAN(min_cluster_size=max(5, len(x) // (20 * n_clusters)), copy=True).fit_predict(x)
+        labels = np.where(labels < 0, labels.max() + 1, labels)
+    else:
+        raise InputError(f"baselines: unknown clusterer {name!r} (known: {', '.join(NAMES)})")
+    return torch.from_numpy(labels).long().to(codes.device)
 
 
 def run_baselines(names: list[str], codes: Tensor, labels: Tensor | None, n_clusters: int, seed: int = 0) -> dict:
     """{name: metrics} for each clusterer on the codes: ACC / NMI / ARI where labels exist, and the
-    internal scores, as for DEC's own predictions."""
+    internal scores, as for DEC's own predictions (computed on the codes' device)."""
     out = {}
     for name in names:
-        pred = torch.from_numpy(cluster_codes(name, codes.float().cpu().numpy(), n_clusters, seed)).long()
+        pred = cluster_codes(name, codes, n_clusters, seed)
         scores = external_metrics(pred, labels) if labels is not None else {}
         scores.update(internal_metrics(codes, pred, seed=seed))
         scores["n_clusters_found"] = int(pred.unique().numel())

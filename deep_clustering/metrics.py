@@ -2,8 +2,8 @@
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import silhouette_score
 from torch import Tensor
 from torchmetrics.functional.clustering import calinski_harabasz_score, davies_bouldin_score
 
@@ -58,7 +58,7 @@ def contingency_scores(counts: Tensor) -> dict[str, float]:
 
 
 def internal_metrics(codes: Tensor, pred: Tensor, max_samples: int = 10000, seed: int = 0) -> dict[str, float]:
-    """Label-free scores of a clustering of the latent codes.
+    """Label-free scores of a clustering of the latent codes, computed where the codes are.
 
     silhouette (higher is better, in [-1, 1]; on a random subsample of `max_samples`, since it is
     quadratic in N), davies_bouldin (lower is better) and calinski_harabasz (higher is better).
@@ -68,16 +68,40 @@ def internal_metrics(codes: Tensor, pred: Tensor, max_samples: int = 10000, seed
         codes: (N, D) latent codes.
         pred: (N,) cluster of each sample.
     """
-    codes, pred = codes.float().cpu(), pred.long().cpu()
+    codes, pred = codes.float(), pred.long().to(codes.device)
     if pred.unique().numel() < 2:
         return {"silhouette": float("nan"), "davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
     n = codes.shape[0]
-    sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_samples]
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_samples].to(codes.device)
     sil = float("nan")
     if pred[sample].unique().numel() >= 2:
-        sil = float(silhouette_score(codes[sample].numpy(), pred[sample].numpy()))
+        sil = silhouette(codes[sample], pred[sample])
     return {
         "silhouette": sil,
         "davies_bouldin": float(davies_bouldin_score(codes, pred)),
         "calinski_harabasz": float(calinski_harabasz_score(codes, pred)),
     }
+
+
+def silhouette(codes: Tensor, pred: Tensor, chunk_size: int = 1024) -> float:
+    """The mean silhouette coefficient as scikit-learn defines it (0 for a sample alone in its
+    cluster), computed where the codes are, `chunk_size` rows of the distance matrix at a time.
+
+    Args:
+        codes: (N, D) points.
+        pred: (N,) cluster of each point; at least two clusters occupied.
+    """
+    pred = pred.long()
+    onehot = F.one_hot(pred, int(pred.max()) + 1).to(codes.dtype)  # (N, K)
+    sizes = onehot.sum(0)
+    total = codes.new_zeros((), dtype=torch.float64)
+    for rows in torch.arange(codes.shape[0], device=codes.device).split(chunk_size):
+        sums = torch.cdist(codes[rows], codes) @ onehot  # (chunk, K) summed distances to each cluster
+        own = pred[rows]
+        own_size = sizes[own]
+        a = sums.gather(1, own[:, None]).squeeze(1) / (own_size - 1).clamp_min(1)  # mean to its own, itself left out
+        others = torch.where(sizes > 0, sums / sizes.clamp_min(1), torch.inf)
+        b = others.scatter(1, own[:, None], torch.inf).min(1).values  # mean to the nearest other cluster
+        s = torch.nan_to_num((b - a) / torch.maximum(a, b))  # 0 / 0 where points coincide: 0, as scikit-learn
+        total += torch.where(own_size > 1, s, 0.0).sum().double()
+    return float(total / codes.shape[0])

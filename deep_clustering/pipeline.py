@@ -87,7 +87,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         device = trainer.strategy.root_device
         codes = embed_all(autoencoder.encoder.to(device), data, None, device)
         if trainer.is_global_zero:
-            baselines = run_baselines(list(cfg.baselines), codes.cpu(), data.labels, cfg.n_clusters, cfg.seed)
+            baselines = run_baselines(list(cfg.baselines), codes, data.labels, cfg.n_clusters, cfg.seed)
     log.info("stage 2-3/4: K-means (%d restarts, manifold %s), then refinement", cfg.init.n_init, cfg.init.manifold)
     start = time.perf_counter()
     graphed = use_graphs(cfg, trainer, data)

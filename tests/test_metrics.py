@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
-from deep_clustering.metrics import contingency, external_metrics, internal_metrics
+from deep_clustering.metrics import contingency, external_metrics, internal_metrics, silhouette
 
 
 def test_permuted_labelling_scores_one():
@@ -71,3 +71,15 @@ def test_contingency_counts_clusters_by_classes():
     expected = torch.tensor([[0, 2], [1, 0], [1, 2]])
     assert torch.equal(contingency(pred, target), expected)
     assert contingency(pred, target, n_clusters=4, n_classes=3).shape == (4, 3)  # room for absent ones
+
+
+@pytest.mark.parametrize("k", [2, 5, 12])
+def test_silhouette_matches_scikit_learn(k):
+    gen = torch.Generator().manual_seed(k)
+    pred = torch.randint(k, (700,), generator=gen)
+    pred[:3] = k + 1  # an empty cluster k, and cluster k + 1 ...
+    pred[3] = k + 2  # ... and a cluster of one sample (silhouette 0)
+    codes = torch.randn(700, 6, generator=gen) + 3 * torch.randn(k + 3, 6, generator=gen)[pred]
+    codes[10] = codes[11]  # coinciding points
+    expected = sk.silhouette_score(codes.double().numpy(), pred.numpy())
+    assert math.isclose(silhouette(codes, pred, chunk_size=64), expected, rel_tol=1e-5)
