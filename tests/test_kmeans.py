@@ -58,6 +58,21 @@ def test_initial_centers_recover_blobs(backend, clusterer, manifold):
     assert external_metrics(nearest, y)["acc"] == 1.0
 
 
+def test_manifold_on_a_subset_still_recovers_blobs(monkeypatch):
+    from sklearn.manifold import TSNE
+
+    mapped = []
+    fit_transform = TSNE.fit_transform
+    monkeypatch.setattr(TSNE, "fit_transform", lambda self, a: mapped.append(len(a)) or fit_transform(self, a))
+    x, y = blobs(n=300)
+    init = KMeansInit(5, n_init=5, manifold="tsne", clusterer="gmm", manifold_samples=120)
+    centers = init(x)
+    assert mapped == [120]
+    nearest = torch.cdist(x, centers).argmin(1)
+    assert external_metrics(nearest, y)["acc"] == 1.0
+    assert torch.equal(centers, init(x))  # the subset is seeded
+
+
 def test_initial_centers_refuses_unknown_options():
     with pytest.raises(ValueError, match="init.manifold='umap'"):
         KMeansInit(2, manifold="umap")
