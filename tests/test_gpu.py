@@ -6,9 +6,11 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
+from deep_clustering.baselines import run_baselines
 from deep_clustering.data import ImageSet
 from deep_clustering.distributed import embed_all
 from deep_clustering.kmeans import KMeansInit, kmeans
+from deep_clustering.metrics import external_metrics, internal_metrics
 from deep_clustering.models import ConvAutoencoder
 from tests.conftest import run_train
 from tests.test_graphs import train_both_stages
@@ -23,6 +25,19 @@ def test_torch_kmeans_on_the_gpu_matches_scikit_learn():
     theirs = KMeans(10, n_init=20, random_state=0).fit(x.numpy()).inertia_
     assert abs(ours.inertia - theirs) / theirs < 0.01
     assert KMeansInit(10, manifold="none")(x.cuda()).device.type == "cuda"
+
+
+def test_metrics_and_baselines_on_the_gpu_match_the_cpu():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(10, (20000,), generator=gen)
+    codes = torch.randn(20000, 10, generator=gen) + 3 * torch.randn(10, 10, generator=gen)[labels]
+    pred = torch.where(torch.rand(20000, generator=gen) < 0.8, labels, torch.randint(10, (20000,), generator=gen))
+    assert external_metrics(pred.cuda(), labels) == external_metrics(pred, labels)
+    gpu, cpu = internal_metrics(codes.cuda(), pred.cuda()), internal_metrics(codes, pred)
+    for key in cpu:
+        assert abs(gpu[key] - cpu[key]) <= 1e-4 * abs(cpu[key]), key
+    scores = run_baselines(["kmeans"], codes.cuda(), labels, 10)["kmeans"]  # torch K-means on the GPU
+    assert scores["acc"] > 0.95
 
 
 def test_embedding_on_the_gpu_matches_the_cpu():
