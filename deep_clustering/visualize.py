@@ -10,6 +10,8 @@ from scipy.optimize import linear_sum_assignment  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from deep_clustering.metrics import contingency  # noqa: E402
+
 
 def most_confident(q: Tensor, per_cluster: int) -> Tensor:
     """(K, per_cluster) indices of each cluster's most confident members, most confident first, -1
@@ -56,11 +58,8 @@ def contact_sheet(images: Tensor, confidence: Tensor, max_images: int = 64, per_
 def hungarian_order(pred: Tensor, target: Tensor) -> tuple[Tensor, list[int], list[int]]:
     """The cluster x class count matrix, with clusters and classes ordered by their best one-to-one
     matching, so that a good clustering is heavy on the diagonal."""
-    k, c = int(pred.max()) + 1, int(target.max()) + 1
-    counts = torch.zeros(k, c, dtype=torch.long)
-    counts.index_put_(
-        (pred.long().cpu(), target.long().cpu()), torch.ones(len(pred), dtype=torch.long), accumulate=True
-    )
+    counts = contingency(pred.cpu(), target.cpu())
+    k, c = counts.shape
     rows, cols = linear_sum_assignment(-counts.numpy())
     clusters = [int(r) for r in rows] + [r for r in range(k) if r not in rows]
     classes = [int(col) for col in cols] + [col for col in range(c) if col not in cols]
