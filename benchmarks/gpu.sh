@@ -4,7 +4,8 @@
 # phase under its own time limit, so a slow one cannot take the others' results with it:
 #   1. the GPU tests (captured and eager steps agree, K-means and embedding on the GPU, whole runs);
 #   2. benchmarks/speed.py on MNIST (70,000 images): every stage, captured steps and eager steps;
-#      benchmarks/overhead.py: the host time per step around a negligible model;
+#      benchmarks/overhead.py: the host time per step around a negligible model; ClustPy's IDEC
+#      beside ours with DEC's autoencoder (where ClustPy and its matplotlib and pandas import);
 #   3. DCEC's recipe on MNIST end to end, alone on the GPU: process start to metrics.json, ACC;
 #   4. accuracy seeds, three queues side by side on the GPU until the deadline: ConvIDEC-DA with
 #      the t-SNE manifold step on MNIST (the best-preset candidate, seeds 0-4), DCEC on MNIST
@@ -19,6 +20,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       hydra-core==1.3.8 omegaconf==2.3.1
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
+#   python3.12 -m pip wheel --no-deps -w .whl clustpy==0.0.3   # phase 2c; its C module is optional
 #   mkdir -p .bench-data && cp ../shared/data/mnist.npz ../shared/data/fashion_mnist.npz .bench-data/
 # Then carry .whl and .bench-data and run: bash benchmarks/gpu.sh   (DEADLINE=seconds, default 540)
 # To try the script itself on a CPU: DEADLINE=300 MNIST=usps.npz FASHION=usps.npz TRAINER=default EPOCHS=2 ITERS=40 \
@@ -68,6 +70,16 @@ pack
 echo "== 2b. host time per step around a negligible model ($(left) s left)"
 timeout 120 python3 benchmarks/overhead.py --name gpu 2>&1 | tail -7 | tee "$RESULTS/overhead.txt"
 cp benchmarks/results/overhead-gpu.json "$RESULTS/" 2>/dev/null
+pack
+
+echo "== 2c. ClustPy's IDEC beside ours, DEC's autoencoder, on MNIST ($(left) s left)"
+if python3 -c "import clustpy.deep" >"$RESULTS/clustpy.txt" 2>&1; then
+  timeout 120 python3 benchmarks/speed.py --npz "$MNIST" --model fc --epochs 2 --refine-iters 100 --clustpy 1 \
+    --name mnist-fc-gpu cuda_graphs=$GRAPHS $QUICK 2>&1 | grep -v Warning | grep "clustpy\|ratio\|ours_" | tee "$RESULTS/clustpy.txt"
+  cp benchmarks/results/speed-mnist-fc-gpu.json "$RESULTS/" 2>/dev/null
+else
+  echo "ClustPy does not import here (it imports matplotlib and pandas): $(tail -1 "$RESULTS/clustpy.txt")"
+fi
 pack
 }
 
