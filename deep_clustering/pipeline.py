@@ -82,12 +82,13 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
 
     # 2-3. K-means on the codes gives the centres; refine encoder and centres on KL(P || Q)
     trainer = make_trainer(cfg, run_dir, "refine", logger, max_steps=cfg.refine.max_iters, max_epochs=-1)
-    baselines = {}
+    baselines, start = {}, time.perf_counter()
     if cfg.baselines:  # other clusterers on the same pretrained codes, for comparison
         device = trainer.strategy.root_device
         codes = embed_all(autoencoder.encoder.to(device), data, None, device)
         if trainer.is_global_zero:
             baselines = run_baselines(list(cfg.baselines), codes, data.labels, cfg.n_clusters, cfg.seed)
+    seconds["baselines"] = time.perf_counter() - start
     log.info("stage 2-3/4: K-means (%d restarts, manifold %s), then refinement", cfg.init.n_init, cfg.init.manifold)
     start = time.perf_counter()
     graphed = use_graphs(cfg, trainer, data)

@@ -31,7 +31,7 @@ def test_quick_run_leaves_everything_in_its_folder(tmp_path):
     m = read_metrics(run_dir)
     assert m["n_samples"] == 1797 and m["n_clusters"] == 10 and m["device"] == "cpu"
     assert 0.5 < m["acc"] <= 1 and 0 < m["nmi"] <= 1 and -1 <= m["ari"] <= 1
-    assert set(m["seconds"]) == {"pretrain", "kmeans", "refine", "evaluate", "total"}
+    assert set(m["seconds"]) == {"pretrain", "baselines", "kmeans", "refine", "evaluate", "total"}
     assert m["refine_iterations"] == 40
     rows = read_predictions(run_dir)
     assert len(rows) == 1797 and list(rows[0]) == ["index", "cluster", "confidence", "label"]
