@@ -9,7 +9,8 @@
 #   3. DCEC's recipe on MNIST end to end, alone on the GPU: process start to metrics.json, ACC;
 #   4. accuracy seeds, three queues side by side on the GPU until the deadline: ConvIDEC-DA with
 #      the t-SNE manifold step on MNIST (the best-preset candidate, seeds 0-4), DCEC on MNIST
-#      (seeds 1-4; seed 0 is phase 3), the same manifold recipe on Fashion-MNIST (seeds 0-4).
+#      (seeds 1-4; seed 0 is phase 3), the manifold recipe refined on clean images on Fashion-MNIST
+#      (dcec_da_tsne_clean_fashion_mnist, seeds 0-4).
 #      (MNIST-test and USPS are measured on the CPU: benchmarks/results/seeds-*.json.)
 # PHASES picks the phases (default "1 2 3 4"): a 10-minute call does not hold five seeds of
 # each queue, so a later session can run PHASES=4 (SEEDS="2 3 4" to go on where one stopped).
@@ -119,7 +120,7 @@ queue dcec_da_tsne_mnist "$MNIST" $SEEDS &
 queues=($!)
 queue dcec_mnist "$MNIST" $(for s in $SEEDS; do phase 3 && [ "$s" = 0 ] || echo "$s"; done) &  # phase 3 ran seed 0
 queues+=($!)
-queue dcec_da_tsne_fashion_mnist "$FASHION" $SEEDS &
+queue dcec_da_tsne_clean_fashion_mnist "$FASHION" $SEEDS &
 queues+=($!)
 wait "${queues[@]}"  # these only: a bare wait would also wait for the tee of the log, which never ends
 pack

@@ -93,7 +93,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     start = time.perf_counter()
     graphed = use_graphs(cfg, trainer, data)
     dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], graphed)
-    datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **cfg.augment)
+    datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **(cfg.augment if cfg.refine.augment else {}))
     trainer.fit(dec, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "refine"))
     seconds["kmeans"] = float(dec.kmeans_seconds)
     seconds["refine"] = time.perf_counter() - start - seconds["kmeans"]

@@ -77,6 +77,16 @@ def test_pretrained_autoencoder_is_reused(tmp_path, pretrained_digits):
     assert m["acc"] > 0.5
 
 
+def test_refinement_without_augmentation_refines_on_clean_images(tmp_path, pretrained_digits):
+    """refine.augment=false: the refinement sees the clean images whatever augment.* says."""
+    quick = [f"pretrained={pretrained_digits}", "refine.max_iters=30", "init.manifold=none", "baselines=[]"]
+    augment = ["augment.shift=0.2", "augment.rotation=20"]
+    for name, extra in [("off", [*augment, "refine.augment=false"]), ("clean", []), ("on", augment)]:
+        run_train(tmp_path / name, *quick, *extra)
+    off, clean, on = ([r["cluster"] for r in read_predictions(tmp_path / n)] for n in ("off", "clean", "on"))
+    assert off == clean and off != on
+
+
 def test_dec_mode_drops_the_decoder(tmp_path, pretrained_digits):
     run_train(tmp_path / "run", f"pretrained={pretrained_digits}", "refine.recon=false", "refine.max_iters=20")
     state = torch.load(tmp_path / "run" / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["state_dict"]
