@@ -12,7 +12,9 @@ the first epoch left out). ddp / independent is what DDP costs in the trainer; i
 is what the machine costs. For reference, the same with a bare PyTorch loop (no Lightning, no
 trainer; the same autoencoder, fused Adam, batch and epochs): bare_one, one process, and bare_ddp,
 two processes under torchrun with DistributedDataParallel over gloo: bare_ddp / bare_one is what
-DDP itself costs on this machine. Rounds alternate; medians are reported.
+DDP itself costs on this machine. Of that, allreduce_ms is the all-reduce alone: one tensor of the
+autoencoder's parameter count summed over the two processes (gloo, after a barrier, so without any
+wait for the slower process), the median of 200. Rounds alternate; medians are reported.
 Writes benchmarks/results/ddp-NAME.json.
 """
 
@@ -86,15 +88,39 @@ def bare_worker(npz: str, epochs: int) -> None:
         print(json.dumps({"images_per_s": math.ceil(len(data) / world) / statistics.median(seconds[1:])}))
 
 
-def bare(npz: str, epochs: int, ddp: bool) -> float:
-    """Images/s per process of the bare loop: alone, or two processes under torchrun."""
+def allreduce_worker(npz: str) -> None:
+    """The all-reduce alone (run by `allreduce`): prints the median milliseconds of 200."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    sys.path.insert(0, str(ROOT))
+    from deep_clustering.data import load_npz
+    from deep_clustering.models import ConvAutoencoder
+
+    dist.init_process_group("gloo")
+    data = load_npz(npz)
+    grads = torch.zeros(sum(p.numel() for p in ConvAutoencoder(data.channels, data.image_size).parameters()))
+    seconds = []
+    for _ in range(210):  # the first 10 warm up
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_reduce(grads)
+        seconds.append(time.perf_counter() - start)
+    if dist.get_rank() == 0:
+        print(json.dumps({"ms": 1000 * statistics.median(seconds[10:]), "floats": grads.numel()}))
+
+
+def worker(args: list[str], ddp: bool) -> dict:
+    """The last line of rank 0's output, as JSON, of this script run as one process, or as two under
+    torchrun."""
     launch = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if ddp else [])]
-    cmd = [*launch, __file__, "--npz", npz, "--name", "bare", "--epochs", str(epochs), "--bare-worker"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    out = subprocess.run([*launch, __file__, *args], cwd=ROOT, env=env, capture_output=True, text=True)
     if out.returncode:
-        raise SystemExit(f"the bare loop failed ({'ddp' if ddp else 'one'}):\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+        raise SystemExit(f"{' '.join(args)} failed ({'ddp' if ddp else 'one'}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(npz: str, epochs: int, way: str, n: int) -> list[float]:
@@ -117,9 +143,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="pretraining epochs per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; medians are reported")
     parser.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--allreduce-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_worker:
         return bare_worker(args.npz, args.epochs)
+    if args.allreduce_worker:
+        return allreduce_worker(args.npz)
     with np.load(args.npz) as arrays:
         n = sum(len(arrays[k]) for k in ("x_train", "x_test") if k in arrays)
     ways = ("one", "independent", "ddp", "bare_one", "bare_ddp")
@@ -127,10 +156,12 @@ def main() -> None:
     for _ in range(args.rounds):
         for way in ways:
             if way.startswith("bare"):
-                rows[way].append(bare(args.npz, args.epochs, ddp=way == "bare_ddp"))
+                bare = ["--npz", args.npz, "--name", "bare", "--epochs", str(args.epochs), "--bare-worker"]
+                rows[way].append(worker(bare, ddp=way == "bare_ddp")["images_per_s"])
             else:
                 rows[way].append(statistics.fmean(run(args.npz, args.epochs, way, n)))
     median = {w: statistics.median(v) for w, v in rows.items()}
+    allreduce = worker(["--npz", args.npz, "--name", "allreduce", "--allreduce-worker"], ddp=True)
     result = {
         "benchmark": "ddp",
         "date": datetime.date.today().isoformat(),
@@ -142,6 +173,9 @@ def main() -> None:
         "independent_over_one": median["independent"] / median["one"],
         "ddp_over_one": median["ddp"] / median["one"],
         "bare_ddp_over_bare_one": median["bare_ddp"] / median["bare_one"],
+        "allreduce_ms": allreduce["ms"],  # the gradients' all-reduce alone, no wait for the slower process
+        "allreduce_floats": allreduce["floats"],
+        "step_ms": {w: 1000 * 256 / median[w] for w in ("one", "ddp", "bare_one", "bare_ddp")},  # batch 256
     }
     out = ROOT / "benchmarks" / "results" / f"ddp-{args.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -149,6 +183,10 @@ def main() -> None:
         print(f"{way:<12} {median[way]:8.0f} images/s per process")
     for key in ("ddp_over_independent", "independent_over_one", "ddp_over_one", "bare_ddp_over_bare_one"):
         print(f"{key:<22} {result[key]:.3f}")
+    print(
+        f"all-reduce of {allreduce['floats']} floats: {allreduce['ms']:.2f} ms; a step of 256 images: "
+        f"{result['step_ms']['one']:.1f} ms alone, {result['step_ms']['ddp']:.1f} ms under DDP"
+    )
     print(f"wrote {out}")
 
 
