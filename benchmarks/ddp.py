@@ -12,9 +12,9 @@ the first epoch left out). ddp / independent is what DDP costs in the trainer; i
 is what the machine costs. For reference, the same with a bare PyTorch loop (no Lightning, no
 trainer; the same autoencoder, fused Adam, batch and epochs): bare_one, one process, and bare_ddp,
 two processes under torchrun with DistributedDataParallel over gloo: bare_ddp / bare_one is what
-DDP itself costs on this machine. Of that, allreduce_ms is the all-reduce alone: one tensor of the
-autoencoder's parameter count summed over the two processes (gloo, after a barrier, so without any
-wait for the slower process), the median of 200. Rounds alternate; medians are reported.
+DDP itself costs on this machine. Of that, allreduce_ms is the all-reduce alone: after its epochs,
+bare_ddp sums one tensor as long as the gradients over the two processes 200 times (gloo, each
+after a barrier, so without any wait for the slower process). Rounds alternate; medians are reported.
 Writes benchmarks/results/ddp-NAME.json.
 """
 
@@ -84,32 +84,17 @@ def bare_worker(npz: str, epochs: int) -> None:
             torch.nn.functional.mse_loss(model(x)[1], x).backward()
             adam.step()
         seconds.append(time.perf_counter() - start)
+    out = {"images_per_s": math.ceil(len(data) / world) / statistics.median(seconds[1:])}
+    if world > 1:  # the all-reduce alone: as many floats as the gradients, after a barrier (no wait for the slower)
+        grads, seconds = torch.cat([p.detach().flatten() for p in model.parameters()]), []
+        for _ in range(210):  # the first 10 warm up
+            dist.barrier()
+            start = time.perf_counter()
+            dist.all_reduce(grads)
+            seconds.append(time.perf_counter() - start)
+        out.update(allreduce_ms=1000 * statistics.median(seconds[10:]), allreduce_floats=grads.numel())
     if rank == 0:
-        print(json.dumps({"images_per_s": math.ceil(len(data) / world) / statistics.median(seconds[1:])}))
-
-
-def allreduce_worker(npz: str) -> None:
-    """The all-reduce alone (run by `allreduce`): prints the median milliseconds of 200."""
-    import time
-
-    import torch
-    import torch.distributed as dist
-
-    sys.path.insert(0, str(ROOT))
-    from deep_clustering.data import load_npz
-    from deep_clustering.models import ConvAutoencoder
-
-    dist.init_process_group("gloo")
-    data = load_npz(npz)
-    grads = torch.zeros(sum(p.numel() for p in ConvAutoencoder(data.channels, data.image_size).parameters()))
-    seconds = []
-    for _ in range(210):  # the first 10 warm up
-        dist.barrier()
-        start = time.perf_counter()
-        dist.all_reduce(grads)
-        seconds.append(time.perf_counter() - start)
-    if dist.get_rank() == 0:
-        print(json.dumps({"ms": 1000 * statistics.median(seconds[10:]), "floats": grads.numel()}))
+        print(json.dumps(out))
 
 
 def worker(args: list[str], ddp: bool) -> dict:
@@ -143,25 +128,27 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="pretraining epochs per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; medians are reported")
     parser.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--allreduce-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_worker:
         return bare_worker(args.npz, args.epochs)
-    if args.allreduce_worker:
-        return allreduce_worker(args.npz)
     with np.load(args.npz) as arrays:
         n = sum(len(arrays[k]) for k in ("x_train", "x_test") if k in arrays)
     ways = ("one", "independent", "ddp", "bare_one", "bare_ddp")
-    rows = {w: [] for w in ways}
+    rows, allreduces = {w: [] for w in ways}, []
     for _ in range(args.rounds):
         for way in ways:
             if way.startswith("bare"):
                 bare = ["--npz", args.npz, "--name", "bare", "--epochs", str(args.epochs), "--bare-worker"]
-                rows[way].append(worker(bare, ddp=way == "bare_ddp")["images_per_s"])
+                out = worker(bare, ddp=way == "bare_ddp")
+                rows[way].append(out["images_per_s"])
+                allreduces += [out] if way == "bare_ddp" else []
             else:
                 rows[way].append(statistics.fmean(run(args.npz, args.epochs, way, n)))
     median = {w: statistics.median(v) for w, v in rows.items()}
-    allreduce = worker(["--npz", args.npz, "--name", "allreduce", "--allreduce-worker"], ddp=True)
+    allreduce = {
+        "ms": statistics.median(o["allreduce_ms"] for o in allreduces),
+        "floats": allreduces[0]["allreduce_floats"],
+    }
     result = {
         "benchmark": "ddp",
         "date": datetime.date.today().isoformat(),
