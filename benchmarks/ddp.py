@@ -135,20 +135,16 @@ def main() -> None:
         n = sum(len(arrays[k]) for k in ("x_train", "x_test") if k in arrays)
     ways = ("one", "independent", "ddp", "bare_one", "bare_ddp")
     rows, allreduces = {w: [] for w in ways}, []
+    bare = ["--npz", args.npz, "--name", "bare", "--epochs", str(args.epochs), "--bare-worker"]
     for _ in range(args.rounds):
         for way in ways:
             if way.startswith("bare"):
-                bare = ["--npz", args.npz, "--name", "bare", "--epochs", str(args.epochs), "--bare-worker"]
                 out = worker(bare, ddp=way == "bare_ddp")
                 rows[way].append(out["images_per_s"])
                 allreduces += [out] if way == "bare_ddp" else []
             else:
                 rows[way].append(statistics.fmean(run(args.npz, args.epochs, way, n)))
     median = {w: statistics.median(v) for w, v in rows.items()}
-    allreduce = {
-        "ms": statistics.median(o["allreduce_ms"] for o in allreduces),
-        "floats": allreduces[0]["allreduce_floats"],
-    }
     result = {
         "benchmark": "ddp",
         "date": datetime.date.today().isoformat(),
@@ -160,8 +156,8 @@ def main() -> None:
         "independent_over_one": median["independent"] / median["one"],
         "ddp_over_one": median["ddp"] / median["one"],
         "bare_ddp_over_bare_one": median["bare_ddp"] / median["bare_one"],
-        "allreduce_ms": allreduce["ms"],  # the gradients' all-reduce alone, no wait for the slower process
-        "allreduce_floats": allreduce["floats"],
+        "allreduce_ms": statistics.median(o["allreduce_ms"] for o in allreduces),  # no wait for the slower process
+        "allreduce_floats": allreduces[0]["allreduce_floats"],
         "step_ms": {w: 1000 * 256 / median[w] for w in ("one", "ddp", "bare_one", "bare_ddp")},  # batch 256
     }
     out = ROOT / "benchmarks" / "results" / f"ddp-{args.name}.json"
@@ -171,7 +167,7 @@ def main() -> None:
     for key in ("ddp_over_independent", "independent_over_one", "ddp_over_one", "bare_ddp_over_bare_one"):
         print(f"{key:<22} {result[key]:.3f}")
     print(
-        f"all-reduce of {allreduce['floats']} floats: {allreduce['ms']:.2f} ms; a step of 256 images: "
+        f"all-reduce of {result['allreduce_floats']} floats: {result['allreduce_ms']:.2f} ms; a step of 256 images: "
         f"{result['step_ms']['one']:.1f} ms alone, {result['step_ms']['ddp']:.1f} ms under DDP"
     )
     print(f"wrote {out}")
