@@ -82,7 +82,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
 
     # 2-3. K-means on the codes gives the centres; refine encoder and centres on KL(P || Q)
     trainer = make_trainer(cfg, run_dir, "refine", logger, max_steps=cfg.refine.max_iters, max_epochs=-1)
-    baselines, start = {}, time.perf_counter()
+    baselines, codes, start = {}, None, time.perf_counter()
     if cfg.baselines:  # other clusterers on the same pretrained codes, for comparison
         device = trainer.strategy.root_device
         codes = embed_all(autoencoder.encoder.to(device), data, None, device)
@@ -92,7 +92,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     log.info("stage 2-3/4: K-means (%d restarts, manifold %s), then refinement", cfg.init.n_init, cfg.init.manifold)
     start = time.perf_counter()
     graphed = use_graphs(cfg, trainer, data)
-    dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], graphed)
+    dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], graphed, codes)
     datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **(cfg.augment if cfg.refine.augment else {}))
     trainer.fit(dec, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "refine"))
     seconds["kmeans"] = float(dec.kmeans_seconds)
@@ -141,9 +141,14 @@ def pretrain_module(cfg: DictConfig, autoencoder: torch.nn.Module, graphed: bool
 
 
 def dec_module(
-    cfg: DictConfig, autoencoder: torch.nn.Module, input_shape: list[int], graphed: bool = False
+    cfg: DictConfig,
+    autoencoder: torch.nn.Module,
+    input_shape: list[int],
+    graphed: bool = False,
+    codes: Tensor | None = None,
 ) -> DECModule:
-    """The refinement stage's LightningModule around the (pre)trained encoder, as the config says."""
+    """The refinement stage's LightningModule around the (pre)trained encoder, as the config says;
+    `codes`: the encoder's codes of the data, where already computed."""
     optimizer = instantiate(cfg.refine.optimizer)
     return DECModule(
         autoencoder.encoder,
@@ -159,6 +164,7 @@ def dec_module(
         model=OmegaConf.to_container(cfg.model),
         input_shape=input_shape,
         graphed=graphed,
+        codes=codes,
     )
 
 

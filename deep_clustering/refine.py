@@ -49,14 +49,17 @@ class DECModule(L.LightningModule):
         model: dict | None = None,
         input_shape: list[int] | None = None,
         graphed: bool = False,
+        codes: Tensor | None = None,
     ) -> None:
         """`model` (the network's config) and `input_shape` (C, H, W) are only recorded, so that a
         checkpoint can rebuild the network (`deep_clustering.pipeline.load_trained`, which gives
         no optimizer or initializer: such a model predicts, it does not train). `graphed`: each step
         through `graphs.step` (captured as a CUDA graph on a GPU). `embed_batch_size`: images per
-        batch of the passes over the whole data set (None: `distributed.EMBED_VALUES` pixel values)."""
+        batch of the passes over the whole data set (None: `distributed.EMBED_VALUES` pixel values).
+        `codes`: the encoder's (N, D) codes of the data, where the caller already has them (the
+        baselines'): the initializer clusters them rather than embedding the data again."""
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "initializer", "graphed"])
+        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "initializer", "graphed", "codes"])
         self.automatic_optimization = not graphed
         self.captured: graphs.CapturedStep | None = None
         self.encoder = encoder
@@ -64,6 +67,7 @@ class DECModule(L.LightningModule):
         self.head = ClusteringLayer(torch.zeros(n_clusters, latent_dim), alpha)
         self.optimizer = optimizer
         self.initializer = initializer  # (N, D) codes -> (K, D) initial centres
+        self.codes = codes  # the initializer's input, if given; dropped once used
         self.p: Tensor | None = None  # (N, K) target, indexed by sample id
         self.last_labels: Tensor | None = None  # (N,) labels at the last refresh of P
         # small state kept as buffers: it travels with the weights (checkpoints, ddp_spawn's hand-back)
@@ -121,7 +125,10 @@ class DECModule(L.LightningModule):
     def init_centers(self) -> None:
         """The initializer (K-means) on the codes of every sample; the same centres on every process."""
         start = time.perf_counter()
-        z = embed_all(self.encoder, self._data(), self.hparams.embed_batch_size, self.device)
+        if self.codes is None:
+            z = embed_all(self.encoder, self._data(), self.hparams.embed_batch_size, self.device)
+        else:
+            z, self.codes = self.codes.to(self.device), None
         centers = None
         if self.trainer.is_global_zero:
             centers = self.initializer(z)

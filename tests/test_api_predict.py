@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from deep_clustering import pipeline, refine
 from deep_clustering.api import DeepClustering
 from deep_clustering.data import load_digits
+from deep_clustering.distributed import embed_all
 from deep_clustering.errors import InputError
 from tests.conftest import ROOT, run_train
 
@@ -124,3 +126,23 @@ def test_baselines_are_reported_beside_dec(pretrained_digits):
     assert set(metrics["baselines"]) == {"kmeans", "gmm"}
     for scores in metrics["baselines"].values():
         assert 0.5 < scores["acc"] <= 1 and scores["n_clusters_found"] == 10
+
+
+def test_baselines_and_the_initial_centres_share_one_embedding_pass(pretrained_digits, digits, tmp_path, monkeypatch):
+    passes = []
+
+    def counted(*args, **kwargs):
+        passes[-1] += 1
+        return embed_all(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "embed_all", counted)
+    monkeypatch.setattr(refine, "embed_all", counted)
+    centres = []
+    for baselines in ("[]", "[kmeans]"):
+        passes.append(0)
+        overrides = [f"pretrained={pretrained_digits}", f"baselines={baselines}", *QUICK[1:]]
+        model = DeepClustering(overrides=overrides, run_dir=str(tmp_path / f"run{len(passes)}")).fit(*digits)
+        centres.append(model.model_.initial_centers)
+    assert passes[0] == passes[1] > 0  # the baselines' pass is the initialisation's: no pass of their own
+    torch.testing.assert_close(centres[0], centres[1], rtol=0, atol=0)  # from the same codes
+    assert model.metrics_["baselines"]["kmeans"]["acc"] > 0.5
