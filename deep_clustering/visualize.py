@@ -145,12 +145,12 @@ def log_final(
 
     n = min(len(codes), 500)  # t-SNE costs seconds per thousand points
     maps["tsne"] = torch.from_numpy(TSNE(2, random_state=0, init="pca").fit_transform(codes[:n].numpy()))
-    try:
-        import umap
-
-        maps["umap"] = torch.from_numpy(umap.UMAP(random_state=0).fit_transform(codes.numpy()))
+    try:  # a package folder named umap without umap-learn in it (left by an uninstall) fails here too
+        from umap import UMAP
     except ImportError:
-        pass
+        UMAP = None
+    if UMAP is not None:
+        maps["umap"] = torch.from_numpy(UMAP(random_state=0).fit_transform(codes.numpy()))
     for name, points in maps.items():
         figure = latent_map_figure(points, few_pred[: len(points)], f"latent codes, {name.upper()}")
         experiment.add_figure(f"final/latent_{name}", figure, step)

@@ -1,3 +1,6 @@
+import sys
+import types
+
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
@@ -50,3 +53,14 @@ def test_views_land_in_tensorboard(tmp_path):
     assert (tmp_path / "projector_config.pbtxt").exists()
     meta = (tmp_path / "00007" / "latent" / "metadata.tsv").read_text().splitlines()
     assert meta[0] == "cluster\tlabel" and len(meta) == 61
+
+
+def test_a_umap_package_without_umap_learn_in_it_only_drops_that_map(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "umap", types.ModuleType("umap"))  # what `pip uninstall` can leave behind
+    codes, labels = torch.randn(40, 4), torch.arange(40) % 2
+    with SummaryWriter(str(tmp_path)) as writer:
+        log_final(writer, torch.rand(40, 1, 8, 8), codes, labels, labels, 1)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    shown = {tag for tag in events.Tags()["images"] if tag.startswith("final/latent_")}
+    assert shown == {"final/latent_pca", "final/latent_tsne"}
