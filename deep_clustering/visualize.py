@@ -148,8 +148,8 @@ def log_final(
     try:  # a package folder named umap without umap-learn in it (left by an uninstall) fails here too
         from umap import UMAP
     except ImportError:
-        UMAP = None
-    if UMAP is not None:
+        pass
+    else:
         maps["umap"] = torch.from_numpy(UMAP(random_state=0).fit_transform(codes.numpy()))
     for name, points in maps.items():
         figure = latent_map_figure(points, few_pred[: len(points)], f"latent codes, {name.upper()}")
