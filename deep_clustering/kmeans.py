@@ -146,8 +146,10 @@ class KMeansInit:
         self.backend, self.manifold, self.clusterer = backend, manifold, clusterer
         self.manifold_samples = manifold_samples
 
-    def __call__(self, z: Tensor) -> Tensor:
-        """(N, D) latent codes of every sample -> (n_clusters, D) centres on z's device."""
+    def __call__(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, D) latent codes of every sample -> the (n_clusters, D) centres and the clusterer's (N,)
+        labels, both on z's device. Where t-SNE mapped a subset, the other samples take their nearest
+        centre's label."""
         distinct = torch.unique(z, dim=0).shape[0]
         if distinct < self.n_clusters:
             raise TrainingError(
@@ -157,13 +159,14 @@ class KMeansInit:
         manifold = self.manifold
         if manifold == "auto":
             manifold = "tsne" if z.shape[0] <= MANIFOLD_MAX_SAMPLES else "none"
-        points = z
+        codes, points, subset = z, z, None
         if manifold == "tsne":
             from sklearn.manifold import TSNE
 
             if z.shape[0] > self.manifold_samples:
-                subset = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(self.seed))
-                z = z[subset[: self.manifold_samples].to(z.device)]
+                order = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(self.seed))
+                subset = order[: self.manifold_samples].to(z.device)
+                z = z[subset]
             mapped = TSNE(2, random_state=self.seed, init="pca").fit_transform(z.cpu().numpy())
             points = torch.from_numpy(mapped).float().to(z.device)
         backend = self.backend
@@ -183,11 +186,13 @@ class KMeansInit:
             fit = KMeans(self.n_clusters, n_init=self.n_init, random_state=self.seed).fit(points.cpu().numpy())
             centers = torch.from_numpy(fit.cluster_centers_).float().to(z.device)
             labels = torch.from_numpy(fit.labels_).long().to(z.device)
-        if manifold == "none" and self.clusterer == "kmeans":
-            return centers
-        counts = torch.bincount(labels, minlength=self.n_clusters).clamp_min(1)
-        sums = torch.zeros(self.n_clusters, z.shape[1], device=z.device).index_add_(0, labels, z.float())
-        return sums / counts[:, None]
+        if manifold != "none" or self.clusterer != "kmeans":
+            counts = torch.bincount(labels, minlength=self.n_clusters).clamp_min(1)
+            sums = torch.zeros(self.n_clusters, z.shape[1], device=z.device).index_add_(0, labels, z.float())
+            centers = sums / counts[:, None]
+        if subset is not None:
+            labels = torch.cdist(codes.float(), centers).argmin(1).index_copy_(0, subset, labels)
+        return centers, labels
 
 
 def reseed_empty(z: Tensor, centers: Tensor) -> tuple[Tensor, list[int]]:

@@ -161,6 +161,7 @@ def dec_module(
         alpha=cfg.refine.alpha,
         update_interval=cfg.refine.update_interval,
         tol=cfg.refine.tol,
+        first_target=cfg.refine.first_target,
         model=OmegaConf.to_container(cfg.model),
         input_shape=input_shape,
         graphed=graphed,

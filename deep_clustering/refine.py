@@ -3,7 +3,8 @@
 DEC (Xie et al. 2016): loss = KL(P || Q), the decoder dropped.
 IDEC / DCEC (Guo et al. 2017): loss = gamma * KL(P || Q) + reconstruction.
 P is recomputed over the WHOLE data set every `update_interval` steps and looked up by sample
-index; training stops when fewer than `tol` of the labels changed between two refreshes.
+index (the first P: sharpened Q of the initial centres, or the initializer's own labels); training
+stops when fewer than `tol` of the labels changed between two refreshes.
 """
 
 import logging
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from deep_clustering import graphs
 from deep_clustering.data import ImageSet
 from deep_clustering.distributed import embed_all
+from deep_clustering.errors import InputError
 from deep_clustering.kmeans import reseed_empty
 from deep_clustering.losses import kl_divergence, target_distribution
 from deep_clustering.metrics import external_metrics
@@ -38,7 +40,7 @@ class DECModule(L.LightningModule):
         encoder: nn.Module,
         decoder: nn.Module | None,
         optimizer: Callable[..., torch.optim.Optimizer] | None,
-        initializer: Callable[[Tensor], Tensor] | None,
+        initializer: Callable[[Tensor], tuple[Tensor, Tensor]] | None,
         n_clusters: int,
         latent_dim: int,
         gamma: float = 0.1,
@@ -50,6 +52,7 @@ class DECModule(L.LightningModule):
         input_shape: list[int] | None = None,
         graphed: bool = False,
         codes: Tensor | None = None,
+        first_target: str = "q",
     ) -> None:
         """`model` (the network's config) and `input_shape` (C, H, W) are only recorded, so that a
         checkpoint can rebuild the network (`deep_clustering.pipeline.load_trained`, which gives
@@ -57,7 +60,12 @@ class DECModule(L.LightningModule):
         through `graphs.step` (captured as a CUDA graph on a GPU). `embed_batch_size`: images per
         batch of the passes over the whole data set (None: `distributed.EMBED_VALUES` pixel values).
         `codes`: the encoder's (N, D) codes of the data, where the caller already has them (the
-        baselines'): the initializer clusters them rather than embedding the data again."""
+        baselines'): the initializer clusters them rather than embedding the data again.
+        `first_target`: the target of the first `update_interval` steps: 'q' (DEC: P from Q of the
+        initial centres) or 'labels' (the initializer's own partition, one-hot, which Q's distances
+        to the centres need not reproduce: a Gaussian mixture's, a t-SNE map's)."""
+        if first_target not in ("q", "labels"):
+            raise InputError(f"refine.first_target={first_target!r} must be q or labels")
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "initializer", "graphed", "codes"])
         self.automatic_optimization = not graphed
@@ -66,7 +74,7 @@ class DECModule(L.LightningModule):
         self.decoder = decoder
         self.head = ClusteringLayer(torch.zeros(n_clusters, latent_dim), alpha)
         self.optimizer = optimizer
-        self.initializer = initializer  # (N, D) codes -> (K, D) initial centres
+        self.initializer = initializer  # (N, D) codes -> (K, D) initial centres, (N,) labels
         self.codes = codes  # the initializer's input, if given; dropped once used
         self.p: Tensor | None = None  # (N, K) target, indexed by sample id
         self.last_labels: Tensor | None = None  # (N,) labels at the last refresh of P
@@ -129,24 +137,28 @@ class DECModule(L.LightningModule):
             z = embed_all(self.encoder, self._data(), self.hparams.embed_batch_size, self.device)
         else:
             z, self.codes = self.codes.to(self.device), None
-        centers = None
+        result = None
         if self.trainer.is_global_zero:
-            centers = self.initializer(z)
-        centers = self.trainer.strategy.broadcast(centers, src=0).to(self.device)
+            result = self.initializer(z)
+        centers, labels = (t.to(self.device) for t in self.trainer.strategy.broadcast(result, src=0))
         self.head.centers.copy_(centers)
         self.initial_centers.copy_(centers)
-        self.last_labels = self.head(z).argmax(1)
+        self.last_labels = labels if self.hparams.first_target == "labels" else self.head(z).argmax(1)
         self.kmeans_seconds.fill_(time.perf_counter() - start)
 
     @torch.no_grad()
     def refresh_target(self) -> bool:
-        """Recompute P over the whole data set; True when the stop rule is met."""
-        z = embed_all(self.encoder, self._data(), self.hparams.embed_batch_size, self.device)
-        centers, empty = reseed_empty(z, self.head.centers)
-        if empty:
-            self.head.centers.copy_(centers)
-            log.warning("refine step %d: clusters %s were empty and were reseeded", self.global_step, empty)
-        q = self.head(z).exp()
+        """Recompute P over the whole data set; True when the stop rule is met. With
+        first_target='labels' the first P is the initializer's labels, one-hot."""
+        if self.n_refresh == 0 and self.hparams.first_target == "labels":
+            q = F.one_hot(self.last_labels, self.hparams.n_clusters).float()
+        else:
+            z = embed_all(self.encoder, self._data(), self.hparams.embed_batch_size, self.device)
+            centers, empty = reseed_empty(z, self.head.centers)
+            if empty:
+                self.head.centers.copy_(centers)
+                log.warning("refine step %d: clusters %s were empty and were reseeded", self.global_step, empty)
+            q = self.head(z).exp()
         self.p = target_distribution(q)
         labels = q.argmax(1)
         self.delta_label.copy_((labels != self.last_labels).float().mean())

@@ -93,6 +93,8 @@ def test_optimizers_and_init_instantiate():
         ("pretrain.optimizer.lr=-0.1", r"pretrain.optimizer.lr=-0.1 is out of range"),
         ("n_clusters=1", "n_clusters=1 is out of range: it must be at least 2"),
         ("refine.recon=3", "refine.recon=3: expected bool"),
+        ("init.manifold=umap", "init.manifold=umap is out of range: it must be auto, none or tsne"),
+        ("refine.first_target=gmm", "refine.first_target=gmm is out of range: it must be q or labels"),
     ],
 )
 def test_check_config_refuses(override, message):

@@ -52,10 +52,11 @@ def test_more_clusters_than_points_is_refused():
 @pytest.mark.parametrize("manifold", ["none", "tsne"])
 def test_initial_centers_recover_blobs(backend, clusterer, manifold):
     x, y = blobs(n=300)
-    centers = KMeansInit(5, n_init=5, backend=backend, manifold=manifold, clusterer=clusterer)(x)
+    centers, labels = KMeansInit(5, n_init=5, backend=backend, manifold=manifold, clusterer=clusterer)(x)
     nearest = torch.cdist(x, centers).argmin(1)
     assert centers.shape == (5, 4)
     assert external_metrics(nearest, y)["acc"] == 1.0
+    assert external_metrics(labels, y)["acc"] == 1.0  # the clusterer's own partition, of every sample
 
 
 def test_manifold_on_a_subset_still_recovers_blobs(monkeypatch):
@@ -66,11 +67,12 @@ def test_manifold_on_a_subset_still_recovers_blobs(monkeypatch):
     monkeypatch.setattr(TSNE, "fit_transform", lambda self, a: mapped.append(len(a)) or fit_transform(self, a))
     x, y = blobs(n=300)
     init = KMeansInit(5, n_init=5, manifold="tsne", clusterer="gmm", manifold_samples=120)
-    centers = init(x)
+    centers, labels = init(x)
     assert mapped == [120]
     nearest = torch.cdist(x, centers).argmin(1)
     assert external_metrics(nearest, y)["acc"] == 1.0
-    assert torch.equal(centers, init(x))  # the subset is seeded
+    assert labels.shape == (300,) and external_metrics(labels, y)["acc"] == 1.0  # the rest: their nearest centre
+    assert torch.equal(centers, init(x)[0])  # the subset is seeded
 
 
 def test_initial_centers_refuses_unknown_options():
