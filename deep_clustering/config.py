@@ -8,7 +8,8 @@ import hydra
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from deep_clustering.errors import InputError
+from deep_clustering import kmeans, refine
+from deep_clustering.errors import InputError, either
 
 
 def check_config(cfg: DictConfig, reference: DictConfig) -> None:
@@ -43,9 +44,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pretrain.batch_size": (lambda v: v >= 1, "at least 1"),
     "pretrain.optimizer.lr": (lambda v: v > 0, "positive"),
     "init.n_init": (lambda v: v >= 1, "at least 1"),
-    "init.backend": (lambda v: v in ("auto", "torch", "sklearn"), "auto, torch or sklearn"),
-    "init.manifold": (lambda v: v in ("auto", "none", "tsne"), "auto, none or tsne"),
-    "init.clusterer": (lambda v: v in ("kmeans", "gmm"), "kmeans or gmm"),
+    **{f"init.{key}": (lambda v, c=choices: v in c, either(choices)) for key, choices in kmeans.CHOICES.items()},
     "refine.batch_size": (lambda v: v >= 1, "at least 1"),
     "refine.optimizer.lr": (lambda v: v > 0, "positive"),
     "refine.gamma": (lambda v: v >= 0, "0 or more"),
@@ -53,7 +52,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "refine.update_interval": (lambda v: v >= 1, "at least 1"),
     "refine.tol": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1"),
     "refine.max_iters": (lambda v: v >= 1, "at least 1"),
-    "refine.first_target": (lambda v: v in ("q", "labels"), "q or labels"),
+    "refine.first_target": (lambda v: v in refine.FIRST_TARGETS, either(refine.FIRST_TARGETS)),
 }
 
 

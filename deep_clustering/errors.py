@@ -7,3 +7,8 @@ class InputError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training went wrong (a NaN loss, collapsed codes): names the stage and the step."""
+
+
+def either(choices: tuple[str, ...]) -> str:
+    """'a, b or c': the allowed values, for an error message."""
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from deep_clustering.errors import InputError, TrainingError
+from deep_clustering.errors import InputError, TrainingError, either
 
 
 @dataclass
@@ -136,12 +136,9 @@ class KMeansInit:
         clusterer: str = "kmeans",
         manifold_samples: int = 20000,
     ):
-        if backend not in ("auto", "torch", "sklearn"):
-            raise InputError(f"init.backend={backend!r} must be auto, torch or sklearn")
-        if manifold not in ("auto", "none", "tsne"):
-            raise InputError(f"init.manifold={manifold!r} must be auto, none or tsne")
-        if clusterer not in ("kmeans", "gmm"):
-            raise InputError(f"init.clusterer={clusterer!r} must be kmeans or gmm")
+        for key, value in (("backend", backend), ("manifold", manifold), ("clusterer", clusterer)):
+            if value not in CHOICES[key]:
+                raise InputError(f"init.{key}={value!r} must be {either(CHOICES[key])}")
         self.n_clusters, self.n_init, self.seed = n_clusters, n_init, seed
         self.backend, self.manifold, self.clusterer = backend, manifold, clusterer
         self.manifold_samples = manifold_samples
@@ -218,3 +215,8 @@ def reseed_empty(z: Tensor, centers: Tensor) -> tuple[Tensor, list[int]]:
 
 
 MANIFOLD_MAX_SAMPLES = 20000  # above this, 'auto' skips the t-SNE map (minutes on a CPU)
+CHOICES = {  # init.* values KMeansInit accepts
+    "backend": ("auto", "torch", "sklearn"),
+    "manifold": ("auto", "none", "tsne"),
+    "clusterer": ("kmeans", "gmm"),
+}

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from deep_clustering import graphs
 from deep_clustering.data import ImageSet
 from deep_clustering.distributed import embed_all
-from deep_clustering.errors import InputError
+from deep_clustering.errors import InputError, either
 from deep_clustering.kmeans import reseed_empty
 from deep_clustering.losses import kl_divergence, target_distribution
 from deep_clustering.metrics import external_metrics
@@ -30,6 +30,7 @@ from deep_clustering.running import RunningMean
 from deep_clustering.visualize import log_refresh
 
 log = logging.getLogger("deep_clustering")
+FIRST_TARGETS = ("q", "labels")  # refine.first_target's choices
 
 
 class DECModule(L.LightningModule):
@@ -64,8 +65,8 @@ class DECModule(L.LightningModule):
         `first_target`: the target of the first `update_interval` steps: 'q' (DEC: P from Q of the
         initial centres) or 'labels' (the initializer's own partition, one-hot, which Q's distances
         to the centres need not reproduce: a Gaussian mixture's, a t-SNE map's)."""
-        if first_target not in ("q", "labels"):
-            raise InputError(f"refine.first_target={first_target!r} must be q or labels")
+        if first_target not in FIRST_TARGETS:
+            raise InputError(f"refine.first_target={first_target!r} must be {either(FIRST_TARGETS)}")
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "initializer", "graphed", "codes"])
         self.automatic_optimization = not graphed
