@@ -1,12 +1,14 @@
-"""Accuracy over seeds: run one recipe N times (seeds 0..N-1) and record mean +- std, min and max.
+"""Accuracy over seeds: run one recipe N times (seeds F..F+N-1) and record mean +- std, min and max.
 
     python benchmarks/seeds.py --name digits_default                       # the default job, 5 seeds
     python benchmarks/seeds.py --name usps_dcec --seeds 5 -- experiment=dcec_usps data=npz data.path=usps.npz
     python benchmarks/seeds.py --name usps_dcec --from-sweep multirun/seeds-usps_dcec-DATE -- OVERRIDES  # no runs
+    python benchmarks/seeds.py --name usps_dcec_5-9 --first-seed 5 -- OVERRIDES  # seeds 5..9, held out
 
-Runs `python train.py -m seed=0,...,N-1 OVERRIDES` (one Hydra multirun, each seed a full run in its
-own folder), then writes benchmarks/results/seeds-NAME.json: the command, the device, the date, and
-for ACC, NMI, ARI and the seconds per run their mean, std, min, max and the values of every seed.
+Runs `python train.py -m seed=F,...,F+N-1 OVERRIDES` (F is --first-seed, 0 unless given): one Hydra
+multirun, each seed a full run in a folder named by the seed. Then it writes
+benchmarks/results/seeds-NAME.json: the command, the device, the date, the seeds, and for ACC, NMI,
+ARI and the seconds per run their mean, std, min, max and the values of every seed.
 """
 
 import argparse
@@ -26,22 +28,26 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="the result's name: benchmarks/results/seeds-NAME.json")
-    parser.add_argument("--seeds", type=int, default=5, help="runs, with seeds 0 .. N-1 (default 5)")
+    parser.add_argument("--seeds", type=int, default=5, help="runs, with seeds F .. F+N-1 (default 5)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="F, the first seed (default 0; seeds a choice never saw)"
+    )
     parser.add_argument(
         "--from-sweep",
         type=Path,
-        help="run nothing: read the seed folders 0..N-1 of this sweep folder (one whose runs were "
+        help="run nothing: read the seed folders F..F+N-1 of this sweep folder (one whose runs were "
         "interrupted and finished with resume=, say); give the same overrides, for the record",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the recipe (after --)")
     args = parser.parse_args()
-    seeds = ",".join(str(s) for s in range(args.seeds))
+    seed_list = range(args.first_seed, args.first_seed + args.seeds)
+    seeds = ",".join(str(s) for s in seed_list)
     sweep = args.from_sweep or ROOT / "multirun" / f"seeds-{args.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if not args.from_sweep:
         cmd = [sys.executable, "train.py", "-m", f"seed={seeds}", *args.overrides, f"hydra.sweep.dir={sweep}"]
-        cmd += ["trainer.enable_progress_bar=false"]
+        cmd += ["hydra.sweep.subdir=${seed}", "trainer.enable_progress_bar=false"]
         subprocess.run(cmd, cwd=ROOT, check=True)
-    runs = [json.loads((sweep / str(s) / "metrics.json").read_text()) for s in range(args.seeds)]
+    runs = [json.loads((sweep / str(s) / "metrics.json").read_text()) for s in seed_list]
     result = {
         "benchmark": "seeds",
         "name": args.name,
@@ -51,6 +57,7 @@ def main() -> None:
         else f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "date": datetime.date.today().isoformat(),
         "n_samples": runs[0]["n_samples"],
+        "seeds": list(seed_list),
     }
     for key in ("acc", "nmi", "ari", "seconds"):
         values = [r["seconds"]["total"] if key == "seconds" else r[key] for r in runs]
@@ -65,7 +72,7 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     acc = result["acc"]
     spread = f"{acc['mean']:.4f} +- {acc['std']:.4f} [{acc['min']:.4f}, {acc['max']:.4f}]"
-    print(f"{args.name}: ACC {spread} over {args.seeds} seeds")
+    print(f"{args.name}: ACC {spread} over seeds {seed_list.start}-{seed_list.stop - 1}")
     print(f"wrote {out}")
 
 
