@@ -7,11 +7,10 @@
 #      benchmarks/overhead.py: the host time per step around a negligible model; ClustPy's IDEC
 #      beside ours with DEC's autoencoder (where ClustPy and its matplotlib and pandas import);
 #   3. DCEC's recipe on MNIST end to end, alone on the GPU: process start to metrics.json, ACC;
-#   4. accuracy seeds, three queues side by side on the GPU until the deadline: ConvIDEC-DA with
-#      the t-SNE manifold step on MNIST (the best-preset candidate, seeds 0-4), DCEC on MNIST
-#      (seeds 1-4; seed 0 is phase 3), the manifold recipe refined on clean images on Fashion-MNIST
-#      (dcec_da_tsne_clean_fashion_mnist, seeds 0-4).
-#      (MNIST-test and USPS are measured on the CPU: benchmarks/results/seeds-*.json.)
+#   4. accuracy seeds, two queues side by side on the GPU until the deadline: ConvIDEC-DA with
+#      the t-SNE manifold step on MNIST (the best-preset candidate, seeds 0-4) and DCEC on MNIST
+#      (seeds 1-4; seed 0 is phase 3).
+#      (MNIST-test, USPS and Fashion-MNIST are measured on the CPU: benchmarks/results/seeds-*.json.)
 # PHASES picks the phases (default "1 2 3 4"): a 10-minute call does not hold five seeds of
 # each queue, so a later session can run PHASES=4 (SEEDS="2 3 4" to go on where one stopped).
 # Everything lands in $OUT/gpu-results.tgz (rewritten after each phase; benchmarks/results without
@@ -22,9 +21,9 @@
 #       hydra-core==1.3.8 omegaconf==2.3.1
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 #   python3.12 -m pip wheel --no-deps -w .whl clustpy==0.0.3   # phase 2c; its C module is optional
-#   mkdir -p .bench-data && cp ../shared/data/mnist.npz ../shared/data/fashion_mnist.npz .bench-data/
+#   mkdir -p .bench-data && cp ../shared/data/mnist.npz .bench-data/
 # Then carry .whl and .bench-data and run: bash benchmarks/gpu.sh   (DEADLINE=seconds, default 540)
-# To try the script itself on a CPU: DEADLINE=300 MNIST=usps.npz FASHION=usps.npz TRAINER=default EPOCHS=2 ITERS=40 \
+# To try the script itself on a CPU: DEADLINE=300 MNIST=usps.npz TRAINER=default EPOCHS=2 ITERS=40 \
 #   QUICK="pretrain.epochs=1 refine.max_iters=20" bash benchmarks/gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +32,6 @@ DEADLINE=${DEADLINE:-540}
 PHASES=${PHASES:-1 2 3 4}
 SEEDS=${SEEDS:-0 1 2 3 4}
 MNIST=${MNIST:-.bench-data/mnist.npz}
-FASHION=${FASHION:-.bench-data/fashion_mnist.npz}
 TRAINER=${TRAINER:-gpu}
 QUICK=${QUICK:-}  # extra overrides for every run (to try this script on a CPU)
 OUTDIR=${OUT:-benchmarks/results}
@@ -106,7 +104,7 @@ fi
 pack
 }
 
-phase 4 && echo "== 4. accuracy seeds, three queues side by side ($(left) s left)" && {
+phase 4 && echo "== 4. accuracy seeds, two queues side by side ($(left) s left)" && {
 queue() {  # PRESET DATA SEEDS...: one run after another while time is left
   local preset=$1 npz=$2
   shift 2
@@ -119,8 +117,6 @@ queue() {  # PRESET DATA SEEDS...: one run after another while time is left
 queue dcec_da_tsne_mnist "$MNIST" $SEEDS &
 queues=($!)
 queue dcec_mnist "$MNIST" $(for s in $SEEDS; do phase 3 && [ "$s" = 0 ] || echo "$s"; done) &  # phase 3 ran seed 0
-queues+=($!)
-queue dcec_da_tsne_clean_fashion_mnist "$FASHION" $SEEDS &
 queues+=($!)
 wait "${queues[@]}"  # these only: a bare wait would also wait for the tee of the log, which never ends
 pack
