@@ -6,6 +6,7 @@
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         trainer = make_trainer(cfg, run_dir, "pretrain", logger, max_epochs=cfg.pretrain.epochs)
         module = pretrain_module(cfg, autoencoder, use_graphs(cfg, trainer, data))
         datamodule = ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed, **cfg.augment)
-        trainer.fit(module, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "pretrain"))
+        fit(trainer, module, datamodule, run_dir / "checkpoints" / "pretrain")
         if trainer.is_global_zero:
             model_cfg = OmegaConf.to_container(cfg.model)
             save_autoencoder(run_dir / "autoencoder.pt", autoencoder, model_cfg, data.channels, data.image_size)
@@ -94,7 +95,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     graphed = use_graphs(cfg, trainer, data)
     dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], graphed, codes)
     datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **(cfg.augment if cfg.refine.augment else {}))
-    trainer.fit(dec, datamodule, ckpt_path=runs.latest_checkpoint(run_dir / "checkpoints" / "refine"))
+    fit(trainer, dec, datamodule, run_dir / "checkpoints" / "refine")
     seconds["kmeans"] = float(dec.kmeans_seconds)
     seconds["refine"] = time.perf_counter() - start - seconds["kmeans"]
 
@@ -132,6 +133,18 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})
     logger.finalize("success")
     return Result(dec, codes.cpu(), q.cpu(), metrics)
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModule, checkpoints: Path) -> None:
+    """`trainer.fit`, resumed from the newest checkpoint in `checkpoints` if there is one.
+
+    Lightning warns that a run resumed mid-epoch with a loader that has no `state_dict` may give
+    unreliable results. ImageDataModule's sampler leaves out the batches the run already trained on,
+    so a resumed run matches an uninterrupted one (tests/test_reliability.py): the warning is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(module, datamodule, ckpt_path=runs.latest_checkpoint(checkpoints))
 
 
 def pretrain_module(cfg: DictConfig, autoencoder: torch.nn.Module, graphed: bool = False) -> AutoencoderModule:

@@ -20,8 +20,11 @@ def shared_npz(name: str) -> Path:
     return path
 
 
-def run_train(run_dir: Path, *overrides: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`python train.py` with Hydra overrides in a fresh process, its run folder set to `run_dir`."""
+def run_train(
+    run_dir: Path, *overrides: str, check: bool = True, timeout: int = 900, warnings: str = "ignore"
+) -> subprocess.CompletedProcess:
+    """`python train.py` with Hydra overrides in a fresh process, its run folder set to `run_dir`;
+    `warnings` is the process's PYTHONWARNINGS ('default' shows each warning once)."""
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
@@ -29,7 +32,7 @@ def run_train(run_dir: Path, *overrides: str, check: bool = True, timeout: int =
         "trainer.enable_progress_bar=false",
         *overrides,
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": warnings}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(
