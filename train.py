@@ -29,7 +29,7 @@ from deep_clustering.errors import InputError, TrainingError
 
 log = logging.getLogger("deep_clustering")
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree API that torch >= 2.10 deprecates: its own internals, nothing for a user to do
+# Lightning 2.6 calls a pytree API that torch 2.14 deprecates: its own internals, nothing for a user to do
 warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 runs.register_resolvers()
 
