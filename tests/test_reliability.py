@@ -46,6 +46,11 @@ def in_log(run_dir: Path, text: str):
     return lambda: (run_dir / "train.log").exists() and text in (run_dir / "train.log").read_text()
 
 
+def saved_at(ckpt: Path) -> float:
+    """When `ckpt` was last written (0 while it does not exist)."""
+    return ckpt.stat().st_mtime if ckpt.exists() else 0.0
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
@@ -82,9 +87,14 @@ def test_sigkill_in_each_stage_then_resume_matches_uninterrupted(stage, uninterr
 
 def test_sigterm_saves_where_it_stopped_and_resumes(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(run_dir, *SETTINGS)
-    wait_for(lambda: (run_dir / "checkpoints" / "pretrain" / "last.ckpt").exists(), proc)
-    time.sleep(0.3)  # into the next epoch: the signal's checkpoint lands mid-epoch
+    ckpt = run_dir / "checkpoints" / "pretrain" / "last.ckpt"
+    proc = start(run_dir, *SETTINGS, "checkpoint.min_interval_s=0")  # last.ckpt at every epoch's end
+    wait_for(lambda: saved_at(ckpt) > 0, proc)
+    first = saved_at(ckpt)
+    wait_for(lambda: saved_at(ckpt) > first + 0.05, proc)  # the next epoch's save, not the same save's last write
+    second = saved_at(ckpt)
+    # halfway through the epoch after: the signal's checkpoint lands mid-epoch however fast epochs run
+    time.sleep(max(0.0, second + (second - first) / 2 - time.time()))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
