@@ -18,11 +18,11 @@ from torch import Tensor
 log = logging.getLogger("deep_clustering")
 
 
-def possible(device: torch.device, world_size: int, precision: str, in_memory: bool) -> bool:
-    """Whether the training steps can be captured here: one CUDA GPU, 32-bit precision, data held in
-    memory (under DDP the gradient all-reduce, under mixed precision autocast's cache, and a
-    DataLoader's workers would each need their own handling)."""
-    return device.type == "cuda" and world_size == 1 and str(precision).startswith("32") and in_memory
+def possible(device: torch.device, precision: str, in_memory: bool) -> bool:
+    """Whether the training steps can be captured here: a CUDA GPU (one a process under DDP), 32-bit
+    precision, data held in memory (under mixed precision autocast's cache, and a DataLoader's
+    workers, would each need their own handling)."""
+    return device.type == "cuda" and str(precision).startswith("32") and in_memory
 
 
 def capturable(optimizer: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
@@ -43,6 +43,12 @@ class CapturedStep:
     does every call when `capture` is false (a CPU: the same steps, uncaptured). Returns the losses,
     detached (copies: the graph overwrites its own). The gradients are left unset after each call. The
     parameters and the optimizer state must keep their storage (Lightning loads checkpoints in place).
+
+    Under DDP (a process group) the step averages the gradients over the processes itself, with one
+    all-reduce between backward and update, captured with the rest (NCCL collectives can be).
+    Lightning's DDP wrapper stays idle, as under manual optimization without `manual_backward`. Every
+    process must take the same steps on inputs of the same shapes, as their samplers give them: a
+    captured collective must be captured, and replayed, by all processes together.
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class CapturedStep:
     ) -> None:
         self.loss_fn, self.optimizer = loss_fn, optimizer
         self.capture, self.warmup = capture, warmup
+        self.world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: list[Tensor] = []
         self.losses: tuple[Tensor, ...] = ()
@@ -85,10 +92,23 @@ class CapturedStep:
         self.optimizer.zero_grad(set_to_none=True)
         losses = self.loss_fn(*inputs)
         losses[0].backward()
+        self._average_gradients()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.eager_steps += 1
         return tuple(loss.detach() for loss in losses)
+
+    def _average_gradients(self) -> None:
+        """Under DDP, every gradient becomes its mean over the processes, as with DDP's own reducer:
+        one all-reduce (a sum) of all of them in one flat buffer, divided by the process count."""
+        if self.world is None:
+            return
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        flat = torch.cat([g.flatten() for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(mean.view_as(g))
 
     def _capture(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.inputs = [x.detach().clone() for x in inputs]
@@ -97,6 +117,7 @@ class CapturedStep:
         with torch.cuda.graph(graph):
             self.losses = self.loss_fn(*self.inputs)
             self.losses[0].backward()
+            self._average_gradients()
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)  # the graph keeps its gradients' memory
         self.graph = graph

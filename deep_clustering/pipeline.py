@@ -186,7 +186,7 @@ def use_graphs(cfg: DictConfig, trainer: L.Trainer, data: ImageSet) -> bool:
     """Whether this stage captures its training steps as CUDA graphs (`cuda_graphs`, where possible)."""
     in_memory = not isinstance(data.images, DiskImages)
     device = trainer.strategy.root_device
-    return bool(cfg.cuda_graphs) and graphs.possible(device, trainer.world_size, trainer.precision, in_memory)
+    return bool(cfg.cuda_graphs) and graphs.possible(device, trainer.precision, in_memory)
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoardLogger | bool, **limits) -> L.Trainer:

@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DC_TEST_DATA", ROOT.parent / "shared" / "data"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def shared_npz(name: str) -> Path:

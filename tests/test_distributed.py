@@ -1,7 +1,6 @@
 """The data-set-wide gather under two real processes (gloo), with unequal shares."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -9,14 +8,9 @@ import torch.multiprocessing as mp
 
 from deep_clustering.data import DiskImages, ImageSet
 from deep_clustering.distributed import embed_all, gather_rows
+from tests.conftest import free_port
 
 IMAGES = torch.arange(7 * 4, dtype=torch.uint8).view(7, 1, 2, 2) * 9  # 7 images of 2x2 pixels
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -40,7 +34,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def test_gather_rows_and_embed_all_across_two_processes(tmp_path):
     out = str(tmp_path / "result")
     IMAGES.numpy().tofile(f"{out}.u8")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2)
     results = [torch.load(f"{out}.{r}") for r in range(2)]
     for r in results:
         # sample 3 belongs to nobody: its row is whatever was there, the others are in place

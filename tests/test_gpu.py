@@ -49,20 +49,29 @@ def test_embedding_on_the_gpu_matches_the_cpu():
     torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
 
 
-def test_captured_steps_train_as_eager_steps_on_the_gpu(tmp_path, monkeypatch):
-    # deterministic kernels without TF32: otherwise two eager runs already drift apart over 54 steps
+def _deterministic(monkeypatch) -> None:
+    """Deterministic kernels without TF32: otherwise two eager runs already drift apart over 54 steps."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    pre_a, ref_a, dec_a = train_both_stages(tmp_path / "a", graphed=False, accelerator="gpu")
-    pre_b, ref_b, dec_b = train_both_stages(tmp_path / "b", graphed=True, accelerator="gpu")
+
+
+def _assert_same_training(eager, captured) -> None:
+    """Two results of train_both_stages, eager and captured: the same steps, weights and labels."""
+    (pre_a, ref_a, dec_a), (pre_b, ref_b, dec_b) = eager, captured
     assert dec_b.captured.graph is not None  # captured, and replayed from the 5th step on
     assert pre_a.global_step == pre_b.global_step == 29 and ref_a.global_step == ref_b.global_step == 25
     for (name, a), b in zip(dec_a.state_dict().items(), dec_b.state_dict().values()):
         if name != "kmeans_seconds":
             torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
     assert (dec_a.last_labels == dec_b.last_labels).float().mean() > 0.99
+
+
+def test_captured_steps_train_as_eager_steps_on_the_gpu(tmp_path, monkeypatch):
+    _deterministic(monkeypatch)
+    eager = train_both_stages(tmp_path / "a", graphed=False, accelerator="gpu")
+    _assert_same_training(eager, train_both_stages(tmp_path / "b", graphed=True, accelerator="gpu"))
 
 
 def test_a_run_on_the_gpu_with_and_without_graphs(tmp_path):
@@ -73,3 +82,19 @@ def test_a_run_on_the_gpu_with_and_without_graphs(tmp_path):
         metrics = json.loads((tmp_path / graphs / "metrics.json").read_text())
         assert metrics["device"].startswith("cuda: ") and metrics["cuda_graphs"] == (graphs == "true")
         assert metrics["acc"] > 0.7
+
+
+def test_captured_steps_under_ddp_train_as_ddp_on_the_gpu(tmp_path, monkeypatch):
+    # DDP of one process (NCCL): the captured step holds the gradients' all-reduce, which NCCL lets
+    # a CUDA graph capture; the eager steps go through Lightning's DDP wrapper. Last in this file:
+    # the process group it starts is destroyed at its end
+    _deterministic(monkeypatch)
+    ddp = {"accelerator": "gpu", "strategy": "ddp", "devices": 1}
+    try:
+        eager = train_both_stages(tmp_path / "a", graphed=False, **ddp)
+        captured = train_both_stages(tmp_path / "b", graphed=True, **ddp)
+        assert torch.distributed.get_backend() == "nccl" and captured[2].captured.world == 1
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    _assert_same_training(eager, captured)

@@ -2,41 +2,47 @@
 count, checkpoints. On the CPU nothing is captured, so the same code runs its steps eagerly and must
 train exactly as the ordinary path does; tests/test_gpu.py compares captured and eager on a GPU."""
 
+import itertools
+import os
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import torch
+import torch.multiprocessing as mp
 
 from deep_clustering.data import ImageDataModule, load_digits
 from deep_clustering.kmeans import KMeansInit
 from deep_clustering.models import ConvAutoencoder
 from deep_clustering.pretrain import AutoencoderModule
 from deep_clustering.refine import DECModule
+from tests.conftest import free_port
 
 
-def _fit(module: L.LightningModule, data, tmp_path, accelerator: str, **limits) -> L.Trainer:
+def _fit(module: L.LightningModule, data, tmp_path, accelerator: str, **options) -> L.Trainer:
+    """`options`: the stage's limits and, under DDP, `strategy` and `devices`."""
     trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
+        **{"accelerator": accelerator, "devices": 1, **options},
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
         default_root_dir=tmp_path,
-        **limits,
     )
     trainer.fit(module, ImageDataModule(data, 64, seed=0))
     return trainer
 
 
-def train_both_stages(tmp_path, graphed: bool, accelerator: str = "cpu"):
-    """One pretraining epoch on digits, then 25 refinement steps (P refreshed every 10): (trainers, DECModule)."""
+def train_both_stages(tmp_path, graphed: bool, accelerator: str = "cpu", **ddp):
+    """One pretraining epoch on digits, then 25 refinement steps (P refreshed every 10): (trainers, DECModule).
+
+    `ddp`: `strategy` and `devices` for a process of a DDP run launched from outside."""
     data = load_digits()
     torch.manual_seed(0)
     autoencoder = ConvAutoencoder(1, (8, 8))
     adam = partial(torch.optim.Adam, lr=1e-3, capturable=accelerator == "gpu")
-    pre = _fit(AutoencoderModule(autoencoder, adam, graphed), data, tmp_path / "pre", accelerator, max_epochs=1)
+    pre = _fit(AutoencoderModule(autoencoder, adam, graphed), data, tmp_path / "pre", accelerator, max_epochs=1, **ddp)
     dec = DECModule(
         autoencoder.encoder,
         autoencoder.decoder,
@@ -48,7 +54,7 @@ def train_both_stages(tmp_path, graphed: bool, accelerator: str = "cpu"):
         tol=0.0,
         graphed=graphed,
     )
-    ref = _fit(dec, data, tmp_path / "ref", accelerator, max_steps=25, max_epochs=-1)
+    ref = _fit(dec, data, tmp_path / "ref", accelerator, max_steps=25, max_epochs=-1, **ddp)
     return pre, ref, dec
 
 
@@ -65,3 +71,31 @@ def test_graphed_steps_train_as_the_ordinary_steps(tmp_path):
     for s_a, s_b in zip(opt_a["state"].values(), opt_b["state"].values()):
         torch.testing.assert_close(s_b["exp_avg"], s_a["exp_avg"])
     assert all(p.grad is None for p in dec_b.parameters())  # the update happened in the step, once
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    """One of two processes of a DDP run (gloo) started here, not by Lightning: both paths, both stages."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank), NODE_RANK="0")
+    result = {}
+    for graphed in (False, True):
+        pre, ref, dec = train_both_stages(Path(out, f"{graphed}-{rank}"), graphed, strategy="ddp", devices=2)
+        result[graphed] = pre.global_step, ref.global_step, dec.state_dict(), int(dec.n_refresh)
+    torch.save(result, f"{out}/result.{rank}")
+
+
+def test_graphed_steps_under_ddp_average_the_gradients_as_ddp_does(tmp_path):
+    # two processes, each on its half of the digits: the graphed path leaves Lightning's DDP wrapper
+    # idle and all-reduces the gradients itself; without that the two processes drift apart
+    mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    results = [torch.load(tmp_path / f"result.{rank}") for rank in range(2)]
+    for result in results:
+        assert result[False][:2] == result[True][:2] == (15, 25)  # 899 digits a process at 64 a batch
+        assert result[False][3] == result[True][3] == 3
+    ordinary = results[0][False][2]
+    for name, a in ordinary.items():
+        if name == "kmeans_seconds":
+            continue
+        for (rank, result), graphed in itertools.product(enumerate(results), (True, False)):
+            # the same weights on both processes, and as Lightning's DDP gives
+            where = f"{name}, rank {rank}, graphed {graphed}"
+            torch.testing.assert_close(result[graphed][2][name], a, msg=lambda m, where=where: f"{where}: {m}")
