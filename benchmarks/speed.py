@@ -93,9 +93,14 @@ def timed(fn, device: torch.device, repeat: int = 5) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def captured(module: L.LightningModule) -> bool:
+    """Whether the module's training steps were replayed from a captured CUDA graph."""
+    return module.captured is not None and module.captured.graph is not None
+
+
 def our_pretrain(cfg, data, epochs: int):
-    """`epochs` pretraining epochs through the trainer: (autoencoder, device, median epoch seconds
-    after the first)."""
+    """`epochs` pretraining epochs through the trainer: (module, device, median epoch seconds after
+    the first)."""
     autoencoder = instantiate(cfg.model, in_channels=data.channels, image_size=data.image_size, _convert_="all")
     clock = Clock()
     trainer = make_trainer(
@@ -104,13 +109,13 @@ def our_pretrain(cfg, data, epochs: int):
     trainer.callbacks.append(clock)
     module = pretrain_module(cfg, autoencoder, use_graphs(cfg, trainer, data))
     trainer.fit(module, ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed))
-    return autoencoder, trainer.strategy.root_device, statistics.median(clock.epochs[1:] or clock.epochs)
+    return module, trainer.strategy.root_device, statistics.median(clock.epochs[1:] or clock.epochs)
 
 
-def our_refine(cfg, data, autoencoder, iters: int) -> float:
+def our_refine(cfg, data, autoencoder, iters: int):
     """`iters` refinement iterations (K-means init, refreshes of P included; cfg sets refine.tol=0,
-    so all of them run) through the trainer: iterations per second after the first refresh
-    interval (warm-up and K-means)."""
+    so all of them run) through the trainer: (module, iterations per second after the first
+    refresh interval, which holds the warm-up and K-means)."""
     first = min(cfg.refine.update_interval, iters - 1)  # from the end of the first interval
     clock = Clock(marks=(first, iters))
     folder = Path(tempfile.mkdtemp())
@@ -118,13 +123,14 @@ def our_refine(cfg, data, autoencoder, iters: int) -> float:
     trainer.callbacks.append(clock)
     dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], use_graphs(cfg, trainer, data))
     trainer.fit(dec, ImageDataModule(data, cfg.refine.batch_size, cfg.seed))
-    return (iters - first) / (clock.marks[iters] - clock.marks[first])
+    return dec, (iters - first) / (clock.marks[iters] - clock.marks[first])
 
 
 def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
     """Pretraining epochs, embedding, K-means, a refresh of P and refinement, through the trainer."""
-    autoencoder, device, epoch_s = our_pretrain(cfg, data, epochs)
-    out = {"device": device.type, "cuda_graphs": bool(cfg.cuda_graphs) and device.type == "cuda"}
+    module, device, epoch_s = our_pretrain(cfg, data, epochs)
+    autoencoder = module.autoencoder
+    out = {"device": device.type, "processes": module.trainer.world_size}
     out.update({"pretrain_epoch_s": epoch_s, "pretrain_images_per_s": len(data) / epoch_s})
     encoder = autoencoder.encoder.to(device).eval()
     out["embed_s"], codes = timed(lambda: embed_all(encoder, data, None, device), device)
@@ -146,7 +152,8 @@ def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
         with tempfile.TemporaryDirectory() as folder, SummaryWriter(folder) as writer:
             views = lambda: (external_metrics(q.argmax(1), data.labels), log_refresh(writer, data.images, q, 0))  # noqa: E731
             out["refresh_views_s"], _ = timed(views, device)
-    out["refine_iters_per_s"] = our_refine(cfg, data, autoencoder, refine_iters)
+    dec, out["refine_iters_per_s"] = our_refine(cfg, data, autoencoder, refine_iters)
+    out["cuda_graphs"] = captured(module) and captured(dec)  # both stages' steps replayed
     out["refine_epoch_s"] = -(-len(data) // cfg.refine.batch_size) / out["refine_iters_per_s"]
     out["peak_device_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     return out
@@ -163,10 +170,9 @@ def against_clustpy(cfg, data, epochs: int, rounds: int) -> dict:
     batch, steps_per_epoch = cfg.pretrain.batch_size, -(-len(data) // cfg.refine.batch_size)
     rows = []
     for r in range(rounds):
-        autoencoder, _, our_pre = our_pretrain(cfg, data, epochs + 1)
-        our_ref = steps_per_epoch / our_refine(
-            cfg, data, autoencoder, cfg.refine.update_interval + epochs * steps_per_epoch
-        )
+        module, _, our_pre = our_pretrain(cfg, data, epochs + 1)
+        iters = cfg.refine.update_interval + epochs * steps_per_epoch
+        our_ref = steps_per_epoch / our_refine(cfg, data, module.autoencoder, iters)[1]
         net = FeedforwardAutoencoder(layers=[flat.shape[1], 500, 500, 2000, 10], random_state=r)
         net.fit(n_epochs=1, batch_size=batch, data=flat, optimizer_params={"lr": 1e-3})  # warm-up
         start = time.perf_counter()
@@ -266,10 +272,10 @@ def main() -> None:
     }
     result.update(ours(cfg, data, args.epochs, args.refine_iters))
     result["device_name"] = torch.cuda.get_device_name() if result["device"] == "cuda" else "cpu"
-    if result["cuda_graphs"]:  # the same stages with eager steps, for the gain of capture
+    if cfg.cuda_graphs and result["device"] == "cuda":  # the same stages with eager steps, for the gain of capture
         eager = OmegaConf.merge(cfg, {"cuda_graphs": False})
-        autoencoder, _, result["eager_pretrain_epoch_s"] = our_pretrain(eager, data, args.epochs)
-        result["eager_refine_iters_per_s"] = our_refine(eager, data, autoencoder, args.refine_iters)
+        module, _, result["eager_pretrain_epoch_s"] = our_pretrain(eager, data, args.epochs)
+        _, result["eager_refine_iters_per_s"] = our_refine(eager, data, module.autoencoder, args.refine_iters)
     if args.clustpy:
         result.update(against_clustpy(cfg, data, args.epochs, args.clustpy))
     if args.e2e is not None:
