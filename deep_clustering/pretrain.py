@@ -38,8 +38,8 @@ class AutoencoderModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         mean = self.epoch_loss.pop()  # the mean over the epoch's images, as self.log(on_epoch=True) gives
-        if mean is not None:
-            self.log("pretrain/recon", mean, prog_bar=True)
+        if mean is not None:  # under DDP, over all processes' images (each process sees as many)
+            self.log("pretrain/recon", mean, prog_bar=True, sync_dist=True)
 
     def losses(self, x: Tensor) -> tuple[Tensor]:
         return (F.mse_loss(self.autoencoder(x)[1], x),)

@@ -184,9 +184,13 @@ class DECModule(L.LightningModule):
         self.p, self.last_labels = checkpoint["dec"]["p"], checkpoint["dec"]["last_labels"]
 
     def _interval_means(self) -> dict[str, float]:
-        """This process's mean of each loss part over the steps since the last call ({} if none); resets the sums."""
+        """The mean of each loss part over the steps since the last call ({} if none), under DDP over
+        all processes' steps (each process takes as many); resets the sums. Every process calls it."""
         means = self.interval_losses.pop()
-        return {} if means is None else dict(zip(["refine/kl", "refine/recon"], means.tolist()))
+        if means is None:
+            return {}
+        means = self.trainer.strategy.reduce(means, reduce_op="mean")
+        return dict(zip(["refine/kl", "refine/recon"], means.tolist()))
 
     def _data(self) -> ImageSet:
         return self.trainer.datamodule.data

@@ -79,7 +79,8 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     result = {}
     for graphed in (False, True):
         pre, ref, dec = train_both_stages(Path(out, f"{graphed}-{rank}"), graphed, strategy="ddp", devices=2)
-        result[graphed] = pre.global_step, ref.global_step, dec.state_dict(), int(dec.n_refresh)
+        losses = float(pre.callback_metrics["pretrain/recon"]), float(ref.callback_metrics["kl"])
+        result[graphed] = pre.global_step, ref.global_step, dec.state_dict(), int(dec.n_refresh), losses
     torch.save(result, f"{out}/result.{rank}")
 
 
@@ -91,6 +92,8 @@ def test_graphed_steps_under_ddp_average_the_gradients_as_ddp_does(tmp_path):
     for result in results:
         assert result[False][:2] == result[True][:2] == (15, 25)  # 899 digits a process at 64 a batch
         assert result[False][3] == result[True][3] == 3
+    for graphed in (False, True):  # the losses logged are over both processes' batches, not this one's
+        assert results[0][graphed][4] == results[1][graphed][4]
     ordinary = results[0][False][2]
     for name, a in ordinary.items():
         if name == "kmeans_seconds":
