@@ -20,9 +20,10 @@ log = logging.getLogger("deep_clustering")
 
 def possible(device: torch.device, precision: str, in_memory: bool) -> bool:
     """Whether the training steps can be captured here: a CUDA GPU (one a process under DDP), 32-bit
-    precision, data held in memory (under mixed precision autocast's cache, and a DataLoader's
-    workers, would each need their own handling)."""
-    return device.type == "cuda" and str(precision).startswith("32") and in_memory
+    or bfloat16 precision (Lightning's autocast keeps no cache of cast weights, which capture would
+    freeze; 16-mixed's gradient scaler checks for inf on the host at every step), data held in
+    memory (a DataLoader's workers would need their own handling)."""
+    return device.type == "cuda" and str(precision).startswith(("32", "bf16")) and in_memory
 
 
 def capturable(optimizer: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
@@ -91,12 +92,19 @@ class CapturedStep:
     def _eager(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.optimizer.zero_grad(set_to_none=True)
         losses = self.loss_fn(*inputs)
-        losses[0].backward()
-        self._average_gradients()
-        self.optimizer.step()
+        self._update(losses[0])
         self.optimizer.zero_grad(set_to_none=True)
         self.eager_steps += 1
         return tuple(loss.detach() for loss in losses)
+
+    def _update(self, loss: Tensor) -> None:
+        """Backward, the gradients' mean over the processes under DDP, and the optimizer's update;
+        outside autocast (as Lightning's own backward: on a CPU, backward runs on this thread and
+        under mixed precision would otherwise cast its products too)."""
+        with torch.autocast(loss.device.type, enabled=False):
+            loss.backward()
+            self._average_gradients()
+            self.optimizer.step()
 
     def _average_gradients(self) -> None:
         """Under DDP, every gradient becomes its mean over the processes, as with DDP's own reducer:
@@ -116,9 +124,7 @@ class CapturedStep:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self.losses = self.loss_fn(*self.inputs)
-            self.losses[0].backward()
-            self._average_gradients()
-            self.optimizer.step()
+            self._update(self.losses[0])
         self.optimizer.zero_grad(set_to_none=True)  # the graph keeps its gradients' memory
         self.graph = graph
         graph.replay()  # capture only recorded the step: this runs it

@@ -68,10 +68,12 @@ def _assert_same_training(eager, captured) -> None:
     assert (dec_a.last_labels == dec_b.last_labels).float().mean() > 0.99
 
 
-def test_captured_steps_train_as_eager_steps_on_the_gpu(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_captured_steps_train_as_eager_steps_on_the_gpu(tmp_path, monkeypatch, precision):
     _deterministic(monkeypatch)
-    eager = train_both_stages(tmp_path / "a", graphed=False, accelerator="gpu")
-    _assert_same_training(eager, train_both_stages(tmp_path / "b", graphed=True, accelerator="gpu"))
+    on_gpu = {"accelerator": "gpu", "precision": precision}
+    eager = train_both_stages(tmp_path / "a", graphed=False, **on_gpu)
+    _assert_same_training(eager, train_both_stages(tmp_path / "b", graphed=True, **on_gpu))
 
 
 def test_a_run_on_the_gpu_with_and_without_graphs(tmp_path):

@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -20,7 +21,7 @@ from tests.conftest import free_port
 
 
 def _fit(module: L.LightningModule, data, tmp_path, accelerator: str, **options) -> L.Trainer:
-    """`options`: the stage's limits and, under DDP, `strategy` and `devices`."""
+    """`options`: the stage's limits and any more Trainer arguments."""
     trainer = L.Trainer(
         **{"accelerator": accelerator, "devices": 1, **options},
         logger=False,
@@ -34,15 +35,17 @@ def _fit(module: L.LightningModule, data, tmp_path, accelerator: str, **options)
     return trainer
 
 
-def train_both_stages(tmp_path, graphed: bool, accelerator: str = "cpu", **ddp):
+def train_both_stages(tmp_path, graphed: bool, accelerator: str = "cpu", **trainer):
     """One pretraining epoch on digits, then 25 refinement steps (P refreshed every 10): (trainers, DECModule).
 
-    `ddp`: `strategy` and `devices` for a process of a DDP run launched from outside."""
+    `trainer`: more Trainer arguments: `precision`; `strategy` and `devices` for a process of a DDP
+    run launched from outside."""
     data = load_digits()
     torch.manual_seed(0)
     autoencoder = ConvAutoencoder(1, (8, 8))
     adam = partial(torch.optim.Adam, lr=1e-3, capturable=accelerator == "gpu")
-    pre = _fit(AutoencoderModule(autoencoder, adam, graphed), data, tmp_path / "pre", accelerator, max_epochs=1, **ddp)
+    pre_module = AutoencoderModule(autoencoder, adam, graphed)
+    pre = _fit(pre_module, data, tmp_path / "pre", accelerator, max_epochs=1, **trainer)
     dec = DECModule(
         autoencoder.encoder,
         autoencoder.decoder,
@@ -54,13 +57,16 @@ def train_both_stages(tmp_path, graphed: bool, accelerator: str = "cpu", **ddp):
         tol=0.0,
         graphed=graphed,
     )
-    ref = _fit(dec, data, tmp_path / "ref", accelerator, max_steps=25, max_epochs=-1, **ddp)
+    ref = _fit(dec, data, tmp_path / "ref", accelerator, max_steps=25, max_epochs=-1, **trainer)
     return pre, ref, dec
 
 
-def test_graphed_steps_train_as_the_ordinary_steps(tmp_path):
-    pre_a, ref_a, dec_a = train_both_stages(tmp_path / "a", graphed=False)
-    pre_b, ref_b, dec_b = train_both_stages(tmp_path / "b", graphed=True)
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_graphed_steps_train_as_the_ordinary_steps(tmp_path, precision):
+    # under bf16-mixed, the step's backward must run outside autocast, as Lightning's does: on the
+    # CPU it runs on the thread that holds the autocast state
+    pre_a, ref_a, dec_a = train_both_stages(tmp_path / "a", graphed=False, precision=precision)
+    pre_b, ref_b, dec_b = train_both_stages(tmp_path / "b", graphed=True, precision=precision)
     assert not dec_b.automatic_optimization and dec_b.captured is not None and not dec_b.captured.capture
     assert pre_a.global_step == pre_b.global_step == 29  # 1,797 digits at 64 a batch: 29 steps an epoch
     assert ref_a.global_step == ref_b.global_step == 25 and int(dec_b.n_refresh) == 3  # steps 0, 10, 20
