@@ -61,7 +61,8 @@ class CapturedStep:
     ) -> None:
         self.loss_fn, self.optimizer = loss_fn, optimizer
         self.capture, self.warmup = capture, warmup
-        self.world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else None
+        under_ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.world = torch.distributed.get_world_size() if under_ddp else None  # None: no process group
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: list[Tensor] = []
         self.losses: tuple[Tensor, ...] = ()
