@@ -42,7 +42,7 @@ from torch.utils.tensorboard import SummaryWriter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deep_clustering import runs  # noqa: E402
+from deep_clustering import graphs, runs  # noqa: E402
 from deep_clustering.data import ImageDataModule, load_digits, load_npz  # noqa: E402
 from deep_clustering.distributed import embed_all  # noqa: E402
 from deep_clustering.kmeans import kmeans  # noqa: E402
@@ -91,11 +91,6 @@ def timed(fn, device: torch.device, repeat: int = 5) -> tuple[float, object]:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
-
-
-def captured(module: L.LightningModule) -> bool:
-    """Whether the module's training steps were replayed from a captured CUDA graph."""
-    return module.captured is not None and module.captured.graph is not None
 
 
 def our_pretrain(cfg, data, epochs: int):
@@ -153,7 +148,7 @@ def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
             views = lambda: (external_metrics(q.argmax(1), data.labels), log_refresh(writer, data.images, q, 0))  # noqa: E731
             out["refresh_views_s"], _ = timed(views, device)
     dec, out["refine_iters_per_s"] = our_refine(cfg, data, autoencoder, refine_iters)
-    out["cuda_graphs"] = captured(module) and captured(dec)  # both stages' steps replayed
+    out["cuda_graphs"] = graphs.replayed(module) and graphs.replayed(dec)  # both stages' steps replayed
     out["refine_epoch_s"] = -(-len(data) // cfg.refine.batch_size) / out["refine_iters_per_s"]
     out["peak_device_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     return out

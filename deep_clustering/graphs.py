@@ -132,6 +132,11 @@ class CapturedStep:
         return tuple(loss.detach().clone() for loss in self.losses)
 
 
+def replayed(module) -> bool:
+    """Whether a module's training steps were replayed from a captured CUDA graph."""
+    return module.captured is not None and module.captured.graph is not None
+
+
 def step(module, loss_fn: Callable[..., tuple[Tensor, ...]], *inputs: Tensor) -> tuple[Tensor, ...]:
     """One training step of a LightningModule under manual optimization, through its CapturedStep
     (made on the first call; captured on a GPU). Lightning's optimizer.step counts the step and

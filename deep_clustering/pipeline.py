@@ -122,7 +122,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "device": _device_name(device),
         "processes": trainer.world_size,
-        "cuda_graphs": dec.captured is not None and dec.captured.graph is not None,  # refinement's steps replayed
+        "cuda_graphs": graphs.replayed(dec),  # refinement's steps replayed
         "resumed": bool(cfg.resume),
         "baselines": baselines,
     }
