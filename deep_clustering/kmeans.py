@@ -38,7 +38,8 @@ def kmeans(
         tol: stop when the squared centre shift falls under tol * mean feature variance
             (scikit-learn's rule).
         seed: seeds a generator of its own; the global random state is untouched.
-        chunk_size: samples per distance computation, to bound memory at (n_init, chunk, K).
+        chunk_size: samples per distance computation, to bound memory at (n_init, chunk, K)
+            (distances as |x|^2 - 2 x.c + |c|^2, as scikit-learn's: never (n_init, N, D)).
     """
     x = x.float()
     n = x.shape[0]
@@ -93,7 +94,7 @@ def _kmeans_plus_plus(x: Tensor, k: int, r: int, gen: torch.Generator, chunk_siz
     n = x.shape[0]
     first = torch.randint(n, (r,), generator=gen, device=x.device)
     centers = [x[first]]  # each (r, D)
-    closest = (x[None] - x[first][:, None]).pow(2).sum(-1)  # (r, N)
+    closest = _squared_distances(x, x[first], chunk_size)  # (r, N)
     for _ in range(1, k):
         weights = closest.clamp_min(0)
         total = weights.sum(dim=1, keepdim=True)
@@ -102,8 +103,15 @@ def _kmeans_plus_plus(x: Tensor, k: int, r: int, gen: torch.Generator, chunk_siz
         pick = torch.multinomial(weights, 1, generator=gen).squeeze(1)
         new = x[pick]
         centers.append(new)
-        closest = torch.minimum(closest, (x[None] - new[:, None]).pow(2).sum(-1))
+        closest = torch.minimum(closest, _squared_distances(x, new, chunk_size))
     return torch.stack(centers, dim=1)
+
+
+def _squared_distances(x: Tensor, points: Tensor, chunk_size: int) -> Tensor:
+    """(N, D) samples, (r, D) points -> (r, N) squared distances, a chunk of samples at a time, as
+    |x|^2 - 2 x.p + |p|^2 (the differences themselves would take r x N x D: gigabytes for wide codes)."""
+    p_norm = points.pow(2).sum(-1, keepdim=True)  # (r, 1)
+    return torch.cat([(xc.pow(2).sum(-1) - 2 * points @ xc.T + p_norm).clamp_min_(0) for xc in x.split(chunk_size)], 1)
 
 
 class KMeansInit:

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -96,3 +100,35 @@ def test_collapsed_codes_are_a_clear_error():
     z[:2] = 0  # two distinct codes for three clusters
     with pytest.raises(TrainingError, match="take only 2 distinct values, fewer than n_clusters=3"):
         KMeansInit(3)(z)
+
+
+PEAK_SCRIPT = """
+import re, torch
+from deep_clustering.kmeans import kmeans
+def peak_mb():  # this process's peak resident memory (ru_maxrss would count the parent's before exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) / 1024
+x = torch.randn(20_000, 128, generator=torch.Generator().manual_seed(0))
+before = peak_mb()
+kmeans(x, 5, n_init=20, max_iter=2, chunk_size=1024)
+print(peak_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak memory from Linux's /proc")
+def test_memory_is_bounded_by_the_chunks_not_the_restarts():
+    # 20 restarts of 20,000 x 128 codes (ResNet features are wider still): one (restarts, N, D)
+    # temporary would be 205 MB; chunks of 1,024 samples keep every temporary at (20, 1,024, 128), 10 MB
+    # glibc's malloc keeps freed blocks of a few MB for reuse, by as much as thread scheduling makes it:
+    # with every block over 1 MB mapped and unmapped on its own, the peak is what was live at once
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1000000"}
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, check=True, env=env)
+    grown_mb = float(out.stdout.split()[-1])
+    assert grown_mb < 150, f"K-means' peak memory grew by {grown_mb:.0f} MB"
+
+
+def test_chunks_do_not_change_the_result():
+    x, _ = make_blobs(3000, 6, centers=7, cluster_std=3.0, random_state=0)
+    x = torch.from_numpy(x).float()
+    whole, chunked = kmeans(x, 7, n_init=4, seed=1), kmeans(x, 7, n_init=4, seed=1, chunk_size=256)
+    assert torch.equal(whole.labels, chunked.labels)
+    torch.testing.assert_close(whole.centers, chunked.centers, rtol=0, atol=1e-5)  # sums in another order
