@@ -94,7 +94,8 @@ class DeepClustering:
     def _forward(self, X) -> tuple[np.ndarray, np.ndarray]:
         if not hasattr(self, "model_"):
             raise InputError("this DeepClustering is not fitted: call fit(X) or DeepClustering.load(run_dir) first")
-        data = from_arrays(_numpy(X), None, "X")
+        # scaled as the training images were (older checkpoints record no range: X's own)
+        data = from_arrays(_numpy(X), None, "X", self.model_.hparams.get("pixel_range"))
         expected = list(self.model_.hparams.input_shape)
         if list(data.images.shape[1:]) != expected:
             got = "x".join(map(str, data.images.shape[1:]))

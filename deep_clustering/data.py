@@ -9,6 +9,7 @@ memory is decoded once into a uint8 cache file (`DiskImages`) that DataLoader wo
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deep_clustering.errors import InputError
 
+log = logging.getLogger("deep_clustering")
 SPLITS = ("train", "test", "all")
 
 
@@ -61,6 +63,7 @@ class ImageSet:
     labels: Tensor | None = None  # (N,) int64 true classes; None where unknown
     files: list[str] | None = None  # (N,) source file of each image; None for arrays (the index names it)
     skipped: list[str] = field(default_factory=list)  # bad files left out, with the reason
+    pixel_range: tuple[float, float] = (0.0, 1.0)  # the raw pixel values that became 0 and 1
     workers: int = 0  # DataLoader worker processes that read a DiskImages set
     _on_device: dict = field(default_factory=dict, repr=False)
 
@@ -103,8 +106,16 @@ class ImageSet:
             yield x.to(device, non_blocking=cuda).float() / 255
 
 
-def from_arrays(x: np.ndarray, y: np.ndarray | None, source: str) -> ImageSet:
-    """(N, H, W), (N, H, W, C) or (N, C, H, W) arrays of any numeric type -> ImageSet in [0, 1]."""
+def from_arrays(
+    x: np.ndarray, y: np.ndarray | None, source: str, pixel_range: tuple[float, float] | None = None
+) -> ImageSet:
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) arrays of any numeric type -> ImageSet in [0, 1].
+
+    uint8 pixels are divided by 255 and floats in [0, 1] kept as they are; other arrays (other
+    integers, floats outside [0, 1]) are mapped from `pixel_range` (lo, hi: lo to 0, hi to 1) where
+    given, a trained model's, so that new images are scaled as its training images were whatever
+    their own values; otherwise integers are divided by their maximum and floats mapped from their
+    minimum and maximum. The range used is recorded in the ImageSet."""
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[:, None]
@@ -116,25 +127,36 @@ def from_arrays(x: np.ndarray, y: np.ndarray | None, source: str) -> ImageSet:
         raise InputError(f"{source}: holds no images")
     if not np.issubdtype(x.dtype, np.number):
         raise InputError(f"{source}: images must be numbers, got dtype {x.dtype}")
-    if np.issubdtype(x.dtype, np.integer):
-        top = 255 if x.dtype == np.uint8 else max(int(x.max()), 1)
-        images = torch.from_numpy(x.astype(np.float32) / top)
-    else:
+    if not np.issubdtype(x.dtype, np.integer):
         bad = ~np.isfinite(x)
         if bad.any():
             first = np.argwhere(bad)[0][0]
             raise InputError(f"{source}: {int(bad.sum())} NaN or infinite pixel values (first in image {first})")
-        images = torch.from_numpy(x.astype(np.float32))
-        lo, hi = float(images.min()), float(images.max())
-        if lo < 0 or hi > 1:  # rescale floats outside [0, 1]
-            images = (images - lo) / max(hi - lo, 1e-12)
+    images = torch.from_numpy(x.astype(np.float32))
+    own = (float(images.min()), float(images.max()))
+    if x.dtype == np.uint8:
+        pixel_range = (0.0, 255.0)
+    elif not np.issubdtype(x.dtype, np.integer) and own[0] >= 0 and own[1] <= 1:
+        pixel_range = (0.0, 1.0)
+    elif pixel_range is None:
+        pixel_range = (0.0, float(max(own[1], 1))) if np.issubdtype(x.dtype, np.integer) else own
+    elif own[0] < pixel_range[0] or own[1] > pixel_range[1] or own[1] - own[0] < (pixel_range[1] - pixel_range[0]) / 16:
+        log.warning(
+            "%s: pixel values in [%g, %g], scaled as the model's training images were, from [%g, %g]",
+            source,
+            *own,
+            *pixel_range,
+        )
+    lo, hi = (float(v) for v in pixel_range)
+    if (lo, hi) != (0.0, 1.0):
+        images.sub_(lo).div_(max(hi - lo, 1e-12))  # in place: the copy astype made is ours
     labels = None
     if y is not None:
         y = np.asarray(y).reshape(-1)
         if y.shape[0] != images.shape[0]:
             raise InputError(f"{source}: {images.shape[0]} images but {y.shape[0]} labels")
         labels = torch.from_numpy(y.astype(np.int64))
-    return ImageSet(images.contiguous(), labels)
+    return ImageSet(images.contiguous(), labels, pixel_range=(lo, hi))
 
 
 def _pick(split: str, train: tuple, test: tuple | None, source: str) -> tuple:
@@ -158,8 +180,9 @@ def load_digits() -> ImageSet:
     return from_arrays(d.images.astype(np.float32) / 16.0, d.target, "sklearn digits")
 
 
-def load_npz(path: str, split: str = "all") -> ImageSet:
-    """An .npz with `x_train` (and `y_train`), optionally `x_test` / `y_test`."""
+def load_npz(path: str, split: str = "all", pixel_range: tuple[float, float] | None = None) -> ImageSet:
+    """An .npz with `x_train` (and `y_train`), optionally `x_test` / `y_test`; `pixel_range` as in
+    `from_arrays` (a trained model's, for prediction)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise InputError(f"data.path={path}: no such file")
@@ -177,7 +200,7 @@ def load_npz(path: str, split: str = "all") -> ImageSet:
             return arrays[f"x_{name}"], arrays[f"y_{name}"] if f"y_{name}" in arrays else None
 
         x, y = _pick(split, part("train"), part("test"), str(file))
-    return from_arrays(x, y, str(file))
+    return from_arrays(x, y, str(file), pixel_range)
 
 
 def load_torchvision(name: str, root: str = "data", split: str = "all", download: bool = True) -> ImageSet:
@@ -260,6 +283,7 @@ def load_image_folder(
         out = from_arrays(images, y, str(root))
     else:
         out = ImageSet(images, torch.from_numpy(y) if y is not None else None, workers=loader_workers)
+        out.pixel_range = (0.0, 255.0)  # uint8 in the file
     out.files, out.skipped = kept, bad
     return out
 

@@ -93,7 +93,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     log.info("stage 2-3/4: K-means (%d restarts, manifold %s), then refinement", cfg.init.n_init, cfg.init.manifold)
     start = time.perf_counter()
     graphed = use_graphs(cfg, trainer, data)
-    dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], graphed, codes)
+    dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], graphed, codes, list(data.pixel_range))
     datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **(cfg.augment if cfg.refine.augment else {}))
     fit(trainer, dec, datamodule, run_dir / "checkpoints" / "refine")
     seconds["kmeans"] = float(dec.kmeans_seconds)
@@ -159,9 +159,11 @@ def dec_module(
     input_shape: list[int],
     graphed: bool = False,
     codes: Tensor | None = None,
+    pixel_range: list[float] | None = None,
 ) -> DECModule:
     """The refinement stage's LightningModule around the (pre)trained encoder, as the config says;
-    `codes`: the encoder's codes of the data, where already computed."""
+    `codes`: the encoder's codes of the data, where already computed; `pixel_range`: the data's
+    (`ImageSet.pixel_range`), recorded for prediction."""
     optimizer = instantiate(cfg.refine.optimizer)
     return DECModule(
         autoencoder.encoder,
@@ -177,6 +179,7 @@ def dec_module(
         first_target=cfg.refine.first_target,
         model=OmegaConf.to_container(cfg.model),
         input_shape=input_shape,
+        pixel_range=pixel_range,
         graphed=graphed,
         codes=codes,
     )

@@ -8,6 +8,7 @@ each cluster) and, with folders=link or copy, clusters/K/ holding each cluster's
 """
 
 import csv
+import inspect
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from torchvision.utils import save_image
@@ -40,7 +41,10 @@ def predict(cfg: DictConfig, out: Path) -> dict:
     model = load_trained(cfg.checkpoint)
     shape = list(model.hparams.input_shape)
     fill = {"channels": shape[0], "image_size": shape[1:]}  # image folders: converted to what the model expects
-    data: ImageSet = instantiate(cfg.data, **{k: v for k, v in fill.items() if k in cfg.data}, _convert_="all")
+    fill = {k: v for k, v in fill.items() if k in cfg.data}
+    if "pixel_range" in inspect.signature(get_object(cfg.data._target_)).parameters:  # arrays (.npz)
+        fill["pixel_range"] = model.hparams.get("pixel_range")  # scaled as the training images were
+    data: ImageSet = instantiate(cfg.data, **fill, _convert_="all")
     if list(data.images.shape[1:]) != shape:
         got, want = "x".join(map(str, data.images.shape[1:])), "x".join(map(str, shape))
         raise InputError(f"the data holds {got} images (C x H x W); the model in {cfg.checkpoint} expects {want}")

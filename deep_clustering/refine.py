@@ -51,13 +51,16 @@ class DECModule(L.LightningModule):
         embed_batch_size: int | None = None,
         model: dict | None = None,
         input_shape: list[int] | None = None,
+        pixel_range: list[float] | None = None,
         graphed: bool = False,
         codes: Tensor | None = None,
         first_target: str = "q",
     ) -> None:
         """`model` (the network's config) and `input_shape` (C, H, W) are only recorded, so that a
         checkpoint can rebuild the network (`deep_clustering.pipeline.load_trained`, which gives
-        no optimizer or initializer: such a model predicts, it does not train). `graphed`: each step
+        no optimizer or initializer: such a model predicts, it does not train); so is `pixel_range`,
+        the raw pixel values that became 0 and 1 in training (`ImageSet.pixel_range`), which new
+        arrays are scaled by. `graphed`: each step
         through `graphs.step` (captured as a CUDA graph on a GPU). `embed_batch_size`: images per
         batch of the passes over the whole data set (None: `distributed.EMBED_VALUES` pixel values).
         `codes`: the encoder's (N, D) codes of the data, where the caller already has them (the

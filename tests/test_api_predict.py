@@ -29,6 +29,7 @@ def digits():
 
 def test_estimator_fit_predict_transform_load(digits, tmp_path):
     x, y = digits
+    x = (x * 255).round().astype(np.uint8)  # 8-bit images, as most arrays of images are
     model = DeepClustering(n_clusters=10, overrides=QUICK, run_dir=str(tmp_path / "run"))
     labels = model.fit_predict(x, y)
     assert labels.shape == (1797,) and model.metrics_["acc"] > 0.5
@@ -39,6 +40,14 @@ def test_estimator_fit_predict_transform_load(digits, tmp_path):
     np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
     again = DeepClustering.load(str(tmp_path / "run"))
     np.testing.assert_array_equal(again.predict(x), labels)
+    # new images are scaled as the training images were, whatever their dtype or their own range:
+    # dimmer images (at most 178) as int64, as floats in 0-255, one at a time
+    dim = (x * 0.7).astype(np.uint8)
+    expected = again.predict(dim)
+    assert (expected != labels).any()  # the dimming matters to the model
+    for other in (dim.astype(np.int64), dim.astype(np.float32), torch.from_numpy(dim).double()):
+        np.testing.assert_array_equal(again.predict(other), expected)
+    np.testing.assert_array_equal([int(model.predict(dim[i : i + 1])[0]) for i in range(40)], expected[:40])
     with pytest.raises(InputError, match="X holds 1x16x16 images; the model was trained on 1x8x8"):
         again.predict(np.zeros((3, 16, 16)))
 
