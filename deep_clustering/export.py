@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,16 @@ def atomic_write(path: Path, write: Any, mode: str = "w") -> None:
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: json.dump(metrics, f, indent=2))
+    """As JSON, with null for scores that are NaN (e.g. silhouette with one cluster: bare NaN is not JSON)."""
+    atomic_write(path, lambda f: json.dump(_finite(metrics), f, indent=2, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_predictions(

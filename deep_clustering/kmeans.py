@@ -6,6 +6,7 @@ Written by hand because scikit-learn's runs on the CPU only; it is kept as the r
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -166,13 +167,11 @@ class KMeansInit:
             manifold = "tsne" if z.shape[0] <= MANIFOLD_MAX_SAMPLES else "none"
         codes, points, subset = z, z, None
         if manifold == "tsne":
-            from sklearn.manifold import TSNE
-
             if z.shape[0] > self.manifold_samples:
                 order = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(self.seed))
                 subset = order[: self.manifold_samples].to(z.device)
                 z = z[subset]
-            mapped = TSNE(2, random_state=self.seed, init="pca").fit_transform(z.cpu().numpy())
+            mapped = tsne_map(z.cpu().numpy(), self.seed)
             points = torch.from_numpy(mapped).float().to(z.device)
         backend = self.backend
         if backend == "auto":
@@ -198,6 +197,13 @@ class KMeansInit:
         if subset is not None:
             labels = torch.cdist(codes.float(), centers).argmin(1).index_copy_(0, subset, labels)
         return centers, labels
+
+
+def tsne_map(x: np.ndarray, seed: int) -> np.ndarray:
+    """scikit-learn's 2-D t-SNE map of (N, D) points; its perplexity, 30, lowered under N for tiny sets."""
+    from sklearn.manifold import TSNE
+
+    return TSNE(2, perplexity=min(30.0, len(x) - 1.0), random_state=seed, init="pca").fit_transform(x)
 
 
 def reseed_empty(z: Tensor, centers: Tensor) -> tuple[Tensor, list[int]]:

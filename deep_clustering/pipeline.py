@@ -28,7 +28,7 @@ from deep_clustering.errors import InputError
 from deep_clustering.export import load_autoencoder, save_autoencoder, write_metrics, write_predictions
 from deep_clustering.metrics import external_metrics, internal_metrics
 from deep_clustering.pretrain import AutoencoderModule
-from deep_clustering.refine import DECModule
+from deep_clustering.refine import DECModule, warn_if_collapsed
 from deep_clustering.visualize import log_final
 
 log = logging.getLogger("deep_clustering")
@@ -104,6 +104,8 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     device = trainer.strategy.root_device
     codes, q = dec.to(device).predict_all(data)
     confidence, pred = q.max(1)
+    if trainer.is_global_zero:
+        warn_if_collapsed(torch.bincount(pred, minlength=cfg.n_clusters), "the final clustering")
     scores = external_metrics(pred, data.labels) if data.labels is not None else {}
     scores.update(internal_metrics(codes, pred, seed=cfg.seed))
     seconds["evaluate"] = time.perf_counter() - start
@@ -118,7 +120,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "n_clusters": cfg.n_clusters,
         "refine_iterations": int(dec.steps),
         "refreshes_of_p": int(dec.n_refresh),
-        "stopped_by": "tol" if dec.delta_label < cfg.refine.tol else "max_iters",
+        "stopped_by": "tol" if dec.n_refresh > 1 and dec.delta_label < cfg.refine.tol else "max_iters",
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "device": _device_name(device),
         "processes": trainer.world_size,
@@ -127,11 +129,11 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "baselines": baselines,
     }
     write_predictions(run_dir / "predictions.csv", pred.cpu(), confidence.cpu(), data.files, data.labels)
-    write_metrics(run_dir / runs.FINISHED, metrics)  # last: its presence marks the run finished
     log_final(logger.experiment, data.images, codes.cpu(), pred.cpu(), data.labels, int(dec.steps))
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(cfg).items()}
     logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})
     logger.finalize("success")
+    write_metrics(run_dir / runs.FINISHED, metrics)  # last: its presence marks the run finished
     return Result(dec, codes.cpu(), q.cpu(), metrics)
 
 

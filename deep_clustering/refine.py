@@ -33,6 +33,13 @@ log = logging.getLogger("deep_clustering")
 FIRST_TARGETS = ("q", "labels")  # refine.first_target's choices
 
 
+def warn_if_collapsed(sizes: Tensor, where: str) -> None:
+    """A warning in the log when one of more than two clusters holds over half the samples; `sizes`: (K,) counts."""
+    largest = float(sizes.max()) / float(sizes.sum())
+    if largest > 0.5 and len(sizes) > 2:
+        log.warning("%s: collapse? cluster %d holds %.0f%% of the samples", where, int(sizes.argmax()), 100 * largest)
+
+
 class DECModule(L.LightningModule):
     """Encoder, cluster centres and (for IDEC/DCEC) the decoder, trained on the clustering loss."""
 
@@ -206,13 +213,8 @@ class DECModule(L.LightningModule):
         metrics.update(self._interval_means())
         if "refine/kl" in metrics:
             self.log("kl", metrics["refine/kl"], prog_bar=True, logger=False)
-        if largest > 0.5 and self.hparams.n_clusters > 2 and self.trainer.is_global_zero:
-            log.warning(
-                "refine step %d: collapse? cluster %d holds %.0f%% of the samples",
-                self.global_step,
-                int(sizes.argmax()),
-                100 * largest,
-            )
+        if self.trainer.is_global_zero:
+            warn_if_collapsed(sizes, f"refine step {self.global_step}")
         targets = self.trainer.datamodule.data.labels
         if targets is not None:
             metrics.update({f"val/{k}": v for k, v in external_metrics(labels, targets).items()})

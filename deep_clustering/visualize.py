@@ -10,6 +10,7 @@ from scipy.optimize import linear_sum_assignment  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from deep_clustering.kmeans import tsne_map  # noqa: E402
 from deep_clustering.metrics import contingency  # noqa: E402
 
 
@@ -141,10 +142,8 @@ def log_final(
         header = ["cluster", "label"]
         experiment.add_embedding(codes, meta, thumbs.expand(-1, 3, -1, -1), step, tag="latent", metadata_header=header)
     maps = {"pca": pca_2d(codes)}
-    from sklearn.manifold import TSNE
-
     n = min(len(codes), 500)  # t-SNE costs seconds per thousand points
-    maps["tsne"] = torch.from_numpy(TSNE(2, random_state=0, init="pca").fit_transform(codes[:n].numpy()))
+    maps["tsne"] = torch.from_numpy(tsne_map(codes[:n].numpy(), 0))
     try:  # a package folder named umap without umap-learn in it (left by an uninstall) fails here too
         from umap import UMAP
     except ImportError:

@@ -10,6 +10,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deep_clustering.data import load_digits
+from deep_clustering.export import write_metrics
 from tests.conftest import run_train, shared_npz
 
 QUICK = ["pretrain.epochs=10", "refine.max_iters=40", "refine.update_interval=10", "init.manifold=none"]
@@ -115,6 +116,20 @@ def test_bad_input_stops_before_training_with_one_line(tmp_path, pretrained_digi
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_tiny_data_set_runs_to_the_end_and_says_what_happened(tmp_path):
+    # 12 images, 10 of them the same: t-SNE (init.manifold=auto) on 12 codes, one cluster holding
+    # the 10 identical images, and a run that ends at max_iters after its first refresh of P
+    x = np.zeros((12, 8, 8), np.uint8)
+    x[10, :4], x[11, 4:] = 255, 255
+    np.savez(tmp_path / "tiny.npz", x_train=x)
+    overrides = ["data=npz", f"data.path={tmp_path / 'tiny.npz'}", "n_clusters=3", "pretrain.epochs=2"]
+    run_train(tmp_path / "run", *overrides, "refine.max_iters=5")
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    m = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in metrics.json"))  # strict JSON
+    assert m["refine_iterations"] == 5 and m["refreshes_of_p"] == 1 and m["stopped_by"] == "max_iters"
+    assert "the final clustering: collapse? cluster" in (tmp_path / "run" / "train.log").read_text()
+
+
 def test_image_folder_run_names_the_files(tmp_path):
     digits = load_digits()
     for i in range(200):
@@ -160,3 +175,8 @@ def test_usps_dcec_recipe(tmp_path):
     """USPS, all 9,298 images, DCEC's recipe: ACC >= 0.75 (the paper reports 0.79)."""
     run_train(tmp_path / "run", "experiment=dcec_usps", "data=npz", f"data.path={shared_npz('usps')}", timeout=3600)
     assert read_metrics(tmp_path / "run")["acc"] >= 0.75
+
+
+def test_scores_that_are_nan_are_written_as_null(tmp_path):
+    write_metrics(tmp_path / "m.json", {"silhouette": float("nan"), "baselines": {"gmm": {"ari": float("inf")}}})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"silhouette": None, "baselines": {"gmm": {"ari": None}}}
