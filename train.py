@@ -41,11 +41,11 @@ def main(cfg: DictConfig) -> float:
     START = None  # each later job of a multirun starts its clock when it starts
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        choices = dict(HydraConfig.get().runtime.choices)
         if cfg.resume:
-            cfg = runs.resumed_config(cfg, list(HydraConfig.get().overrides.task), run_dir)
+            cfg, choices = runs.resumed_config(cfg, list(HydraConfig.get().overrides.task), run_dir, choices)
             log.info("resuming the run in %s", run_dir)
-        else:
-            check_config(cfg, reference_config(HydraConfig.get().runtime.choices))
+        check_config(cfg, reference_config(choices))
         result = pipeline.train(cfg, instantiate(cfg.data, _convert_="all"), run_dir, started)
     except Exception as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) else e

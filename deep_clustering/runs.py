@@ -69,18 +69,33 @@ def check_resume(args: list[str]) -> None:
         raise InputError(
             f"resume={folder} continues with the run's own config ({folder / CONFIG}); leave out: {' '.join(changed)}"
         )
+    elsewhere = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
+    if elsewhere and Path(elsewhere[-1]).resolve() != folder.resolve():
+        raise InputError(f"resume={folder} continues in its own folder: leave out hydra.run.dir={elsewhere[-1]}")
 
 
-def resumed_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> DictConfig:
-    """The interrupted run's own config; only the trainer group may change (another machine)."""
+def resumed_config(cfg: DictConfig, overrides: list[str], run_dir: Path, choices: dict) -> tuple[DictConfig, dict]:
+    """The interrupted run's own config and config-group choices (for `check_config`, as for a fresh
+    run). Only the trainer may change (another machine): `trainer=NAME` takes that group as a fresh
+    run would, `trainer.KEY=VALUE` changes that one value of the run's own trainer settings.
+    `choices`: this command's group choices."""
     folder = Path(cfg.resume)
     if folder.resolve() != run_dir.resolve():
         raise InputError(f"resume={folder} continues in its own folder: leave out hydra.run.dir={run_dir}")
     saved = OmegaConf.load(folder / CONFIG)
-    if any(o.lstrip("+~").startswith("trainer") for o in overrides):
-        saved.trainer = cfg.trainer
+    hydra_file = folder / ".hydra" / "hydra.yaml"
+    saved_choices = dict(OmegaConf.load(hydra_file).hydra.runtime.choices) if hydra_file.is_file() else dict(choices)
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key == "trainer":
+            saved.trainer, saved_choices["trainer"] = cfg.trainer, choices["trainer"]
+        elif key.startswith("trainer.") and override.startswith("~"):
+            parent, _, name = key.rpartition(".")
+            OmegaConf.select(saved, parent).pop(name, None)
+        elif key.startswith("trainer."):
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     saved.resume = cfg.resume
-    return saved
+    return saved, saved_choices
 
 
 def latest_checkpoint(folder: Path) -> str | None:

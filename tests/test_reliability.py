@@ -149,3 +149,39 @@ def test_resume_elsewhere_is_refused(uninterrupted, tmp_path):
         == f"error: resume={run} continues in its own folder: leave out hydra.run.dir={tmp_path / 'elsewhere'}"
     )
     assert not (run / "checkpoints").exists()
+    assert not (tmp_path / "elsewhere").exists()  # refused before Hydra made the folder
+
+
+def test_a_resumed_config_is_checked_as_a_fresh_one(tmp_path):
+    # the folder a refused run left (its config saved, nothing trained): resuming it is refused alike
+    run = tmp_path / "run"
+    message = "error: refine.tol='abc': expected float, got str"
+    assert run_train(run, "refine.tol=abc", check=False).stderr.strip().splitlines()[-1] == message
+    proc = run_train(run, f"resume={run}", check=False)
+    assert proc.stderr.strip().splitlines()[-1] == message
+    assert not (run / "checkpoints").exists()
+
+
+def test_resume_changes_only_the_trainer_values_it_names(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from deep_clustering import runs
+
+    runs.register_resolvers()
+    run = tmp_path / "run"
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        saved = compose("train", overrides=["trainer.precision=bf16-mixed", "+trainer.gradient_clip_val=1.0"])
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(saved, run / ".hydra" / "config.yaml")
+        args = [f"resume={run}", "trainer.enable_progress_bar=false", "~trainer.gradient_clip_val"]
+        cfg = compose("train", overrides=args[:2])
+        resumed, choices = runs.resumed_config(cfg, args, run, {"trainer": "default"})
+        assert resumed.trainer.precision == "bf16-mixed"  # the run's own, kept
+        assert resumed.trainer.enable_progress_bar is False and "gradient_clip_val" not in resumed.trainer
+        assert choices == {"trainer": "default"}  # no hydra.yaml here: this command's choices
+        cfg = compose("train", overrides=[f"resume={run}", "trainer=ddp", "trainer.devices=3"])
+        resumed, choices = runs.resumed_config(
+            cfg, [f"resume={run}", "trainer=ddp", "trainer.devices=3"], run, {"trainer": "ddp"}
+        )
+        assert resumed.trainer.strategy == "ddp" and resumed.trainer.devices == 3 and choices["trainer"] == "ddp"
