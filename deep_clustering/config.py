@@ -8,7 +8,7 @@ import hydra
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from deep_clustering import kmeans, refine
+from deep_clustering import baselines, kmeans, refine
 from deep_clustering.errors import InputError, either
 
 
@@ -34,8 +34,20 @@ def reference_config(choices: Mapping[str, str | None]) -> DictConfig:
     return hydra.compose(config_name="train", overrides=groups)
 
 
+def is_whole(v: Any) -> bool:
+    """Whether a config value is a whole number (an int, not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_clusters": (lambda v: v >= 2, "at least 2"),
+    "baselines": (lambda v: all(name in baselines.NAMES for name in v), f"a list of {', '.join(baselines.NAMES)}"),
+    "data.image_size": (
+        lambda v: len(v) == 2 and all(is_whole(s) and s >= 1 for s in v),
+        "[height, width], each 1 or more",
+    ),
+    "model.head_dim": (lambda v: is_whole(v) and v >= 1, "null or a whole number, at least 1"),
+    "model.input_size": (lambda v: is_whole(v) and v >= 32, "a whole number, at least 32"),
     "model.latent_dim": (lambda v: v >= 1, "at least 1"),
     "checkpoint.min_interval_s": (lambda v: v >= 0, "0 or more"),
     "augment.shift": (lambda v: 0 <= v <= 0.5, "between 0 and 0.5"),

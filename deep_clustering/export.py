@@ -75,7 +75,10 @@ def load_autoencoder(path: str, autoencoder: nn.Module) -> None:
     if file.is_dir():
         file = file / "autoencoder.pt"
     if not file.is_file():
-        raise InputError(f"pretrained={path}: no such file (give a run folder or its autoencoder.pt)")
+        raise InputError(
+            f"pretrained={path}: {file} does not exist (a run folder holds autoencoder.pt once its pretraining "
+            "finished; models without a decoder, such as model=resnet18, have none)"
+        )
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
         weights = state["state_dict"]

@@ -238,6 +238,11 @@ def load_trained(path: str | Path) -> DECModule:
     """The clustering model of a finished run: its folder, or a refinement checkpoint."""
     file = Path(path).expanduser()
     if file.is_dir():
+        if not (file / runs.FINISHED).is_file() and (file / "checkpoints" / "refine" / "last.ckpt").is_file():
+            raise InputError(
+                f"checkpoint={path}: that run has not finished (no {runs.FINISHED}): continue it with "
+                f"python train.py resume={path}, or give its checkpoints/refine/last.ckpt for the model as last saved"
+            )
         file = file / "checkpoints" / "refine" / "last.ckpt"
     if not file.is_file():
         raise InputError(f"checkpoint={path}: neither a finished run's folder nor a refinement checkpoint")
@@ -258,7 +263,14 @@ def load_trained(path: str | Path) -> DECModule:
 
 
 def pick_device(name: str) -> torch.device:
-    """'auto' (a GPU when there is one), or any torch device name."""
+    """'auto' (a GPU when there is one), or any torch device name (an InputError for an unknown name or a
+    CUDA device on a machine without one)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device={name!r}: not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={name}: no CUDA GPU is available here")
+    return device

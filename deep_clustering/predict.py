@@ -25,10 +25,11 @@ from omegaconf.errors import OmegaConfBaseException
 from torchvision.utils import save_image
 
 from deep_clustering import runs
+from deep_clustering.config import is_whole
 from deep_clustering.data import ImageSet
 from deep_clustering.errors import InputError
 from deep_clustering.export import atomic_write
-from deep_clustering.pipeline import load_trained
+from deep_clustering.pipeline import load_trained, pick_device
 from deep_clustering.visualize import contact_sheet
 
 runs.register_resolvers()
@@ -38,6 +39,11 @@ def predict(cfg: DictConfig, out: Path) -> dict:
     """Assign every image of cfg.data to a cluster of the model in cfg.checkpoint; returns counts."""
     if cfg.folders not in ("none", "link", "copy"):
         raise InputError(f"folders={cfg.folders!r} must be none, link or copy")
+    if not (is_whole(cfg.contact_sheets) and cfg.contact_sheets >= 0):
+        raise InputError(f"contact_sheets={cfg.contact_sheets!r} must be a whole number, 0 or more")
+    if cfg.batch_size is not None and not (is_whole(cfg.batch_size) and cfg.batch_size >= 1):
+        raise InputError(f"batch_size={cfg.batch_size!r} must be null or a whole number, at least 1")
+    device = pick_device(cfg.device)
     model = load_trained(cfg.checkpoint)
     shape = list(model.hparams.input_shape)
     fill = {"channels": shape[0], "image_size": shape[1:]}  # image folders: converted to what the model expects
@@ -48,9 +54,6 @@ def predict(cfg: DictConfig, out: Path) -> dict:
     if list(data.images.shape[1:]) != shape:
         got, want = "x".join(map(str, data.images.shape[1:])), "x".join(map(str, shape))
         raise InputError(f"the data holds {got} images (C x H x W); the model in {cfg.checkpoint} expects {want}")
-    device = torch.device(
-        "cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu" if cfg.device == "auto" else cfg.device
-    )
     model.hparams.embed_batch_size = cfg.batch_size
     codes, q = model.to(device).predict_all(data)
     confidence, pred = q.max(1)

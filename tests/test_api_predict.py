@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -100,6 +101,26 @@ def test_predict_refuses_images_of_another_shape(pretrained_digits, tmp_path):
     assert (
         proc.stderr.strip().splitlines()[-1].startswith("error: the data holds 3x8x8 images (C x H x W); the model in")
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["device=gpu"], "error: device='gpu': not a device (auto, cpu, cuda, cuda:1, ...)"),
+        (["contact_sheets=-1"], "error: contact_sheets=-1 must be a whole number, 0 or more"),
+        (["checkpoint={unfinished}"], "error: checkpoint={unfinished}: that run has not finished (no metrics.json)"),
+    ],
+)
+def test_predict_refuses_bad_settings_in_one_line(pretrained_digits, tmp_path, overrides, message):
+    unfinished = tmp_path / "unfinished"  # a run killed in refinement: its last checkpoint, no metrics.json
+    shutil.copytree(pretrained_digits, unfinished, ignore=shutil.ignore_patterns("metrics.json", "tensorboard"))
+    folder = tmp_path / "new"
+    folder.mkdir()
+    Image.new("L", (8, 8)).save(folder / "a.png")
+    args = [f"checkpoint={pretrained_digits}", f"data.path={folder}", f"hydra.run.dir={tmp_path / 'out'}"]
+    proc = predict_cli(*args, *(o.format(unfinished=unfinished) for o in overrides))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(message.format(unfinished=unfinished)), proc.stderr[-2000:]
 
 
 def test_resnet_backbone_end_to_end(tmp_path, digits):

@@ -102,6 +102,35 @@ def test_check_config_refuses(override, message):
         check_config(composed(override), composed())
 
 
+@pytest.mark.parametrize(
+    ("group", "override", "message"),
+    [
+        (
+            "data=digits",
+            "baselines=[kmeans,dbscan]",
+            r"baselines=\['kmeans', 'dbscan'\] is out of range: it must be a list of kmeans, gmm, hdbscan",
+        ),
+        (
+            "data=image_folder",
+            "data.image_size=[32]",
+            r"data.image_size=\[32\] is out of range: it must be \[height, width\]",
+        ),
+        ("data=image_folder", "data.image_size=[0,10]", r"data.image_size=\[0, 10\] is out of range"),
+        ("model=resnet18", "model.head_dim=x", "model.head_dim=x is out of range: it must be null or a whole number"),
+        ("model=resnet18", "model.head_dim=-3", "model.head_dim=-3 is out of range"),
+        (
+            "model=resnet18",
+            "model.input_size=0",
+            "model.input_size=0 is out of range: it must be a whole number, at least 32",
+        ),
+    ],
+)
+def test_check_config_refuses_values_of_a_group(group, override, message):
+    # refused before any data is read or network built (they failed there, with tracebacks)
+    with pytest.raises(InputError, match=message):
+        check_config(composed(group, override), composed(group))
+
+
 def test_check_config_accepts_defaults_and_trainer_arguments():
     check_config(composed(), composed())
     check_config(composed("+trainer.gradient_clip_val=1.0", "refine.gamma=1"), composed())
