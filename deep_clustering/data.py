@@ -238,7 +238,8 @@ def load_image_folder(
     """Every image file under `path`, converted to `channels` and resized to `image_size`.
 
     labels: 'auto' labels each image by its first-level subfolder when every image sits in one
-    (as torchvision's ImageFolder does), 'none' never. on_bad_file: 'error' stops with a list of
+    and there are two or more (as torchvision's ImageFolder does), 'none' never. Linked folders are
+    followed. on_bad_file: 'error' stops with a list of
     every file that cannot be read as an image; 'skip' leaves them out and records them.
     in_memory=False decodes the images once into a uint8 file under `cache_dir` (reused while the
     folder's files, sizes and times are unchanged) and reads batches from it with `loader_workers`
@@ -253,11 +254,7 @@ def load_image_folder(
         raise InputError(f"data.labels={labels!r} must be 'auto' or 'none'")
     if on_bad_file not in ("error", "skip"):
         raise InputError(f"data.on_bad_file={on_bad_file!r} must be 'error' or 'skip'")
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if not any(part.startswith(".") for part in p.relative_to(root).parts) and (p.is_file() or p.is_symlink())
-    )
+    files = sorted(_files_under(root))
     if not files:
         raise InputError(f"data.path={path}: the folder holds no files")
     shape = (len(files), channels, int(image_size[0]), int(image_size[1]))
@@ -276,8 +273,8 @@ def load_image_folder(
         raise InputError(f"data.path={path}: none of its {len(files)} files is a readable image")
     rel = [Path(f) for f in kept]
     y = None
-    if labels == "auto" and all(len(r.parts) > 1 for r in rel):
-        classes = sorted({r.parts[0] for r in rel})
+    classes = sorted({r.parts[0] for r in rel})
+    if labels == "auto" and all(len(r.parts) > 1 for r in rel) and len(classes) > 1:  # one folder: no classes
         y = np.array([classes.index(r.parts[0]) for r in rel])
     if in_memory:
         out = from_arrays(images, y, str(root))
@@ -285,6 +282,25 @@ def load_image_folder(
         out = ImageSet(images, torch.from_numpy(y) if y is not None else None, workers=loader_workers)
         out.pixel_range = (0.0, 255.0)  # uint8 in the file
     out.files, out.skipped = kept, bad
+    return out
+
+
+def _files_under(root: Path) -> list[Path]:
+    """Every entry under `root` that is not a folder (files, dangling links: the latter reported
+    later as unreadable), hidden ones left out; linked folders are followed, each real folder once."""
+    out, seen, todo = [], set(), [root]
+    while todo:
+        folder = todo.pop()
+        if folder.resolve() in seen:  # a link back up the tree, or a second link to one folder
+            continue
+        seen.add(folder.resolve())
+        for entry in os.scandir(folder):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # follows links
+                todo.append(Path(entry.path))
+            else:
+                out.append(Path(entry.path))
     return out
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from deep_clustering.errors import InputError
+
+log = logging.getLogger("deep_clustering")
 
 
 def atomic_write(path: Path, write: Any, mode: str = "w") -> None:
@@ -35,6 +38,13 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def write_skipped(folder: Path, skipped: list[str]) -> None:
+    """skipped_files.txt: the bad files data.on_bad_file=skip left out, with the reason; and a warning naming it."""
+    listed = folder / "skipped_files.txt"
+    listed.write_text("".join(f"{bad}\n" for bad in skipped))
+    log.warning("skipped %d bad files (data.on_bad_file=skip), listed in %s", len(skipped), listed)
 
 
 def write_predictions(

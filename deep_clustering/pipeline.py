@@ -25,7 +25,7 @@ from deep_clustering.callbacks import AtomicCheckpointIO, FiniteLoss, LastCheckp
 from deep_clustering.data import DiskImages, ImageDataModule, ImageSet
 from deep_clustering.distributed import embed_all
 from deep_clustering.errors import InputError
-from deep_clustering.export import load_autoencoder, save_autoencoder, write_metrics, write_predictions
+from deep_clustering.export import load_autoencoder, save_autoencoder, write_metrics, write_predictions, write_skipped
 from deep_clustering.metrics import external_metrics, internal_metrics
 from deep_clustering.pretrain import AutoencoderModule
 from deep_clustering.refine import DECModule, warn_if_collapsed
@@ -55,9 +55,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     labelled = "labelled" if data.labels is not None else "no labels"
     log.info("data: %d images of %s, %s", len(data), data.image_size, labelled)
     if data.skipped and rank_zero_only.rank == 0:
-        (run_dir / "skipped_files.txt").write_text("".join(f"{bad}\n" for bad in data.skipped))
-        listed = run_dir / "skipped_files.txt"
-        log.warning("skipped %d bad files (data.on_bad_file=skip), listed in %s", len(data.skipped), listed)
+        write_skipped(run_dir, data.skipped)
     autoencoder = instantiate(cfg.model, in_channels=data.channels, image_size=data.image_size, _convert_="all")
     logger = TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
     seconds = {}

@@ -28,7 +28,7 @@ from deep_clustering import runs
 from deep_clustering.config import is_whole
 from deep_clustering.data import ImageSet
 from deep_clustering.errors import InputError
-from deep_clustering.export import atomic_write
+from deep_clustering.export import atomic_write, write_skipped
 from deep_clustering.pipeline import load_trained, pick_device
 from deep_clustering.visualize import contact_sheet
 
@@ -51,6 +51,8 @@ def predict(cfg: DictConfig, out: Path) -> dict:
     if "pixel_range" in inspect.signature(get_object(cfg.data._target_)).parameters:  # arrays (.npz)
         fill["pixel_range"] = model.hparams.get("pixel_range")  # scaled as the training images were
     data: ImageSet = instantiate(cfg.data, **fill, _convert_="all")
+    if data.skipped:
+        write_skipped(out, data.skipped)
     if list(data.images.shape[1:]) != shape:
         got, want = "x".join(map(str, data.images.shape[1:])), "x".join(map(str, shape))
         raise InputError(f"the data holds {got} images (C x H x W); the model in {cfg.checkpoint} expects {want}")

@@ -62,6 +62,19 @@ def _save(path, mode, size, value):
     Image.new(mode, size, value).save(path)
 
 
+def test_image_folder_follows_linked_folders_and_needs_two_classes(tmp_path):
+    _save(tmp_path / "root" / "cats" / "a.png", "L", (4, 4), 10)
+    _save(tmp_path / "elsewhere" / "dogs" / "b.png", "L", (4, 4), 20)
+    _save(tmp_path / "elsewhere" / "dogs" / "c.png", "L", (4, 4), 30)
+    (tmp_path / "root" / "dogs").symlink_to(tmp_path / "elsewhere" / "dogs", target_is_directory=True)
+    (tmp_path / "root" / "cats" / "loop").symlink_to(tmp_path / "root", target_is_directory=True)  # a cycle
+    d = load_image_folder(str(tmp_path / "root"), image_size=(4, 4), channels=1)
+    assert d.files == ["cats/a.png", "dogs/b.png", "dogs/c.png"] and d.labels.tolist() == [0, 1, 1]
+    # every image in one subfolder (photos/2024/...): no classes to score against
+    only = load_image_folder(str(tmp_path / "elsewhere"), image_size=(4, 4), channels=1)
+    assert len(only) == 2 and only.labels is None
+
+
 def test_image_folder_labels_modes_and_sizes(tmp_path):
     _save(tmp_path / "cats" / "a.png", "L", (10, 12), 255)
     _save(tmp_path / "cats" / "b.png", "RGBA", (40, 40), (255, 0, 0, 255))
