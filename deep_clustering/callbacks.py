@@ -41,7 +41,7 @@ class FiniteLoss(L.Callback):
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         if loss.device.type == "cpu" and not torch.isfinite(loss):
-            self._stop(trainer, float(loss), trainer.global_step)
+            self._stop(trainer, float(loss.detach()), trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -50,7 +50,7 @@ class FiniteLoss(L.Callback):
         step = trainer.global_step - 1  # the step just taken
         if loss.device.type == "cpu":
             if not pl_module.automatic_optimization and not torch.isfinite(loss):  # no backward hook: check now
-                self._stop(trainer, float(loss), step)
+                self._stop(trainer, float(loss.detach()), step)
             return
         loss = loss.detach().float()
         if self.first_bad is None:
@@ -75,10 +75,10 @@ class FiniteLoss(L.Callback):
                 self._stop(trainer, loss, int(step))
 
     def _stop(self, trainer: L.Trainer, loss: float, step: int) -> None:
-        raise TrainingError(
-            f"{self.stage}: the loss is {loss} at step {step}; the run stops here and "
-            f"its last good checkpoint stays in {trainer.default_root_dir}"
-        )
+        folder = Path(trainer.default_root_dir)
+        saved = any(folder.glob("*.ckpt"))
+        kept = f"its last good checkpoint stays in {folder}" if saved else "no checkpoint was saved"
+        raise TrainingError(f"{self.stage}: the loss is {loss} at step {step}; the run stops here and {kept}")
 
 
 class LastCheckpoint(L.Callback):

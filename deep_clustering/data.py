@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -168,6 +169,13 @@ def _pick(split: str, train: tuple, test: tuple | None, source: str) -> tuple:
         raise InputError(f"data.split=test but {source} has no test split")
     if split == "test":
         return test
+    if train[0].shape[1:] != test[0].shape[1:]:
+        raise InputError(
+            f"{source}: data.split=all joins train and test, but their images are {train[0].shape[1:]} and "
+            f"{test[0].shape[1:]}: make them alike, or take data.split=train or test"
+        )
+    if (train[1] is None) != (test[1] is None):
+        log.warning("%s: only one of the splits has labels: train and test together are unlabelled", source)
     y = None if train[1] is None or test[1] is None else np.concatenate([train[1], test[1]])
     return np.concatenate([train[0], test[0]]), y
 
@@ -186,6 +194,8 @@ def load_npz(path: str, split: str = "all", pixel_range: tuple[float, float] | N
     file = Path(path).expanduser()
     if not file.is_file():
         raise InputError(f"data.path={path}: no such file")
+    if not zipfile.is_zipfile(file):
+        raise InputError(f"data.path={path}: not an .npz file (numpy.savez writes one, a zip archive of arrays)")
     try:
         arrays = np.load(file)
     except Exception as e:

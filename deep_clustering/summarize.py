@@ -1,7 +1,7 @@
-"""A sweep in one table: python -m deep_clustering.summarize multirun/DATE/TIME [--metric acc] [--over seed]
+"""A sweep in one table: python -m deep_clustering.summarize multirun/DATE/TIME [--metric acc] [--over KEY ...]
 
 Reads every job's metrics.json and .hydra/overrides.yaml, groups the jobs by their overrides
-(all but the ones averaged over, `seed` by default), and writes summary.csv and summary.md into the
+(all but the ones averaged over: `seed`, and the keys --over names), and writes summary.csv and summary.md into the
 sweep folder: mean +- std, min and max of each metric per group, best group first.
 """
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder (or any folder holding run folders)")
     parser.add_argument("--metric", help="sort by this metric (default: acc where labels exist, else silhouette)")
-    parser.add_argument("--over", nargs="*", default=["seed"], help="settings averaged over (default: seed)")
+    parser.add_argument("--over", nargs="*", default=[], help="settings averaged over, beside seed")
     args = parser.parse_args(argv)
     rows = collect(args.sweep_dir)
     if not rows:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     metric = args.metric or ("acc" if all("acc" in r["metrics"] for r in rows) else "silhouette")
     if not any(metric in r["metrics"] for r in rows):
         parser.exit(2, f"error: --metric {metric}: no run reports it (known: {', '.join(METRICS)})\n")
-    table = summarize(rows, metric, tuple(args.over))
+    table = summarize(rows, metric, ("seed", *args.over))
     write(table, metric, args.sweep_dir)
     print(to_markdown(table, metric))
     best = table[0]

@@ -37,6 +37,7 @@ def test_npz_without_labels_or_test(tmp_path):
         ({"x_train": np.zeros((5, 4))}, r"shape \(5, 4\)"),
         ({"x_train": np.full((5, 4, 4), np.nan)}, "NaN"),
         ({"x_train": np.zeros((5, 4, 4)), "y_train": np.zeros(4)}, "5 images but 4 labels"),
+        ({"x_train": np.zeros((5, 4, 4)), "x_test": np.zeros((2, 5, 5))}, r"their images are \(4, 4\) and \(5, 5\)"),
     ],
 )
 def test_npz_bad_input_names_the_file(tmp_path, arrays, message):
@@ -45,6 +46,15 @@ def test_npz_bad_input_names_the_file(tmp_path, arrays, message):
     with pytest.raises(InputError, match=message) as err:
         load_npz(str(path))
     assert str(path) in str(err.value)
+
+
+def test_npz_that_is_not_one_and_labels_of_one_split(tmp_path, caplog):
+    (tmp_path / "text.npz").write_text("x_train")
+    with pytest.raises(InputError, match=r"text.npz: not an .npz file \(numpy.savez writes one"):
+        load_npz(str(tmp_path / "text.npz"))
+    np.savez(tmp_path / "half.npz", x_train=np.zeros((5, 4, 4)), y_train=np.zeros(5), x_test=np.zeros((2, 4, 4)))
+    assert load_npz(str(tmp_path / "half.npz")).labels is None
+    assert "only one of the splits has labels" in caplog.text
 
 
 def test_npz_missing_file():

@@ -114,6 +114,8 @@ def test_nan_loss_stops_at_that_step_naming_the_stage(tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: pretrain: the loss is") and "at step" in last, proc.stderr[-2000:]
+    folder = tmp_path / "run" / "checkpoints" / "pretrain"  # the folder it names holds the checkpoint
+    assert last.endswith(f"stays in {folder}" if any(folder.glob("*.ckpt")) else "no checkpoint was saved"), last
     for ckpt in (tmp_path / "run" / "checkpoints").rglob("*.ckpt"):  # whatever was saved is still good
         state = torch.load(ckpt, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values())

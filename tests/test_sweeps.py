@@ -57,6 +57,21 @@ def test_two_job_sweep_and_its_summary(tmp_path, capsys):
     assert (sweep / "summary.md").read_text().startswith("| runs | acc mean ± std [min, max]")
 
 
+def test_summary_averages_over_seed_and_the_keys_over_names(tmp_path, capsys):
+    for job, (seed, gamma, acc) in enumerate([(0, 0.1, 0.5), (1, 0.1, 0.6), (0, 1, 0.7), (1, 1, 0.8)]):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n- refine.gamma={gamma}\n")
+        (tmp_path / str(job) / "metrics.json").write_text(json.dumps({"acc": acc, "seconds": {"total": 1.0}}))
+    summarize([str(tmp_path)])
+    with open(tmp_path / "summary.csv") as f:
+        assert sorted(float(r["acc_mean"]) for r in csv.DictReader(f)) == pytest.approx([0.55, 0.75])
+    summarize([str(tmp_path), "--over", "refine.gamma"])  # and seed still
+    with open(tmp_path / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["runs"] == "4" and float(rows[0]["acc_mean"]) == pytest.approx(0.65)
+    capsys.readouterr()
+
+
 def test_k_sweep_finds_the_true_number_of_clusters(tmp_path, capsys):
     # four well-separated 8x8 prototypes, 60 noisy copies each, no labels
     gen = np.random.default_rng(0)
