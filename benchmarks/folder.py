@@ -13,7 +13,6 @@ import argparse
 import csv
 import datetime
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -46,14 +45,15 @@ def write_folder(npz: Path, n: int, size: int, channels: int, folder: Path) -> N
 
 def run(run_dir: Path, overrides: list[str]) -> dict:
     cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false", *overrides]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({status})")
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode})")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     with open(run_dir / "predictions.csv") as f:
         clusters = [row["cluster"] for row in csv.DictReader(f)]
-    return {"peak_rss_mb": usage.ru_maxrss / 1024, "seconds": metrics["seconds"], "acc": metrics.get("acc")}, clusters
+    # the run's own peak (the child's ru_maxrss would also count this process's memory before exec)
+    peak = metrics["peak_memory_mb"]["host"]
+    return {"peak_rss_mb": peak, "seconds": metrics["seconds"], "acc": metrics.get("acc")}, clusters
 
 
 def main() -> None:

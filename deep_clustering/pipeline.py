@@ -5,6 +5,7 @@
 """
 
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "device": _device_name(device),
         "processes": trainer.world_size,
         "cuda_graphs": graphs.replayed(dec),  # refinement's steps replayed
+        "peak_memory_mb": _peak_memory_mb(device),
         "resumed": bool(cfg.resume),
         "baselines": baselines,
     }
@@ -214,6 +216,24 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoard
         use_distributed_sampler=False,  # ImageDataModule shards the batches itself
         **limits,
     )
+
+
+def _peak_memory_mb(device: torch.device) -> dict[str, float | None]:
+    """This process's peak resident host memory, from Linux's VmHWM (ru_maxrss, used elsewhere,
+    also counts the memory of the process that started this one, up to its exec), and the peak
+    memory torch allocated on the GPU (None on a CPU), in MB."""
+    try:
+        with open("/proc/self/status") as f:
+            host = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        try:
+            import resource
+
+            host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+        except ImportError:  # Windows
+            host = None
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"host": None if host is None else round(host, 1), "device": None if gpu is None else round(gpu, 1)}
 
 
 def _device_name(device: torch.device) -> str:

@@ -34,6 +34,7 @@ def test_quick_run_leaves_everything_in_its_folder(tmp_path):
     assert 0.5 < m["acc"] <= 1 and 0 < m["nmi"] <= 1 and -1 <= m["ari"] <= 1
     assert set(m["seconds"]) == {"pretrain", "baselines", "kmeans", "refine", "evaluate", "total"}
     assert m["refine_iterations"] == 40
+    assert 200 < m["peak_memory_mb"]["host"] < 4000 and m["peak_memory_mb"]["device"] is None  # torch alone: 300 MB
     rows = read_predictions(run_dir)
     assert len(rows) == 1797 and list(rows[0]) == ["index", "cluster", "confidence", "label"]
     assert [int(r["index"]) for r in rows] == list(range(1797))
