@@ -168,6 +168,7 @@ print(f"{'run':<28} {'acc':>6} {'nmi':>6} {'ari':>6} {'total s':>8}  stages")
 for m in sorted((root / "runs").glob("*/metrics.json")):
     r = json.loads(m.read_text())
     print(f"{m.parent.name:<28} {r['acc']:.4f} {r['nmi']:.4f} {r['ari']:.4f} {r['seconds']['total']:8.1f}  "
-          f"{r['seconds']} graphs={r.get('cuda_graphs')} iters={r['refine_iterations']}")
+          f"{r['seconds']} graphs={r.get('cuda_graphs')} iters={r['refine_iterations']} "
+          f"peak_mb={r.get('peak_memory_mb')}")
 EOF
 cat "$RESULTS/runs.txt" 2>/dev/null
