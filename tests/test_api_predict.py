@@ -106,21 +106,29 @@ def test_predict_refuses_images_of_another_shape(pretrained_digits, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["device=gpu"], "error: device='gpu': not a device (auto, cpu, cuda, cuda:1, ...)"),
-        (["contact_sheets=-1"], "error: contact_sheets=-1 must be a whole number, 0 or more"),
-        (["checkpoint={unfinished}"], "error: checkpoint={unfinished}: that run has not finished (no metrics.json)"),
+        (["device=gpu"], "device='gpu': not a device (auto, cpu, cuda, cuda:1, ...)"),
+        (["contact_sheets=-1"], "contact_sheets=-1 must be a whole number, 0 or more"),
+        (["checkpoint={unfinished}"], "checkpoint={unfinished}: that run has not finished (no metrics.json)"),
     ],
 )
-def test_predict_refuses_bad_settings_in_one_line(pretrained_digits, tmp_path, overrides, message):
+def test_predict_refuses_bad_settings(pretrained_digits, tmp_path, overrides, message):
+    # in this process (the command's one-line form of an InputError: test_predict_refuses_images_of_another_shape)
+    from hydra import compose, initialize_config_dir
+
+    from deep_clustering.predict import predict
+
     unfinished = tmp_path / "unfinished"  # a run killed in refinement: its last checkpoint, no metrics.json
     shutil.copytree(pretrained_digits, unfinished, ignore=shutil.ignore_patterns("metrics.json", "tensorboard"))
-    folder = tmp_path / "new"
-    folder.mkdir()
-    Image.new("L", (8, 8)).save(folder / "a.png")
-    args = [f"checkpoint={pretrained_digits}", f"data.path={folder}", f"hydra.run.dir={tmp_path / 'out'}"]
-    proc = predict_cli(*args, *(o.format(unfinished=unfinished) for o in overrides))
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith(message.format(unfinished=unfinished)), proc.stderr[-2000:]
+    (tmp_path / "new").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "new" / "a.png")
+    args = [f"checkpoint={pretrained_digits}", f"data.path={tmp_path / 'new'}"]
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("predict", overrides=[*args, *(o.format(unfinished=unfinished) for o in overrides)])
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InputError) as err:
+        predict(cfg, tmp_path / "out")
+    assert str(err.value).startswith(message.format(unfinished=unfinished))
+    assert list((tmp_path / "out").iterdir()) == []  # refused before writing anything
 
 
 def test_resnet_backbone_end_to_end(tmp_path, digits):
