@@ -289,8 +289,8 @@ def load_image_folder(
     if in_memory:
         out = from_arrays(images, y, str(root))
     else:
-        out = ImageSet(images, torch.from_numpy(y) if y is not None else None, workers=loader_workers)
-        out.pixel_range = (0.0, 255.0)  # uint8 in the file
+        targets = torch.from_numpy(y) if y is not None else None
+        out = ImageSet(images, targets, pixel_range=(0.0, 255.0), workers=loader_workers)  # uint8 in the file
     out.files, out.skipped = kept, bad
     return out
 
