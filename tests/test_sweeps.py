@@ -85,6 +85,7 @@ def test_k_sweep_finds_the_true_number_of_clusters(tmp_path, capsys):
     assert "best: n_clusters=4 " in out, out
 
 
+@pytest.mark.slow  # 75 s on the 2-core CPU; the DDP path itself is in test_train.py::test_two_processes_match_one
 def test_two_processes_per_job_inside_a_sweep(tmp_path):
     """ddp_spawn starts each job's processes itself: no duplicated jobs, no stray folders."""
     sweep = tmp_path / "sweep"
