@@ -104,7 +104,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     codes, q = dec.to(device).predict_all(data)
     confidence, pred = q.max(1)
     if trainer.is_global_zero:
-        warn_if_collapsed(torch.bincount(pred, minlength=cfg.n_clusters), "the final clustering")
+        warn_if_collapsed(torch.bincount(pred, minlength=cfg.n_clusters).tolist(), "the final clustering")
     scores = external_metrics(pred, data.labels) if data.labels is not None else {}
     scores.update(internal_metrics(codes, pred, seed=cfg.seed))
     seconds["evaluate"] = time.perf_counter() - start

@@ -33,11 +33,13 @@ log = logging.getLogger("deep_clustering")
 FIRST_TARGETS = ("q", "labels")  # refine.first_target's choices
 
 
-def warn_if_collapsed(sizes: Tensor, where: str) -> None:
-    """A warning in the log when one of more than two clusters holds over half the samples; `sizes`: (K,) counts."""
-    largest = float(sizes.max()) / float(sizes.sum())
+def warn_if_collapsed(sizes: list[int], where: str) -> None:
+    """A warning in the log when one of more than two clusters holds over half the samples; `sizes`: K counts."""
+    largest = max(sizes) / sum(sizes)
     if largest > 0.5 and len(sizes) > 2:
-        log.warning("%s: collapse? cluster %d holds %.0f%% of the samples", where, int(sizes.argmax()), 100 * largest)
+        log.warning(
+            "%s: collapse? cluster %d holds %.0f%% of the samples", where, sizes.index(max(sizes)), 100 * largest
+        )
 
 
 class DECModule(L.LightningModule):
@@ -207,8 +209,8 @@ class DECModule(L.LightningModule):
 
     def _log_refresh(self, q: Tensor) -> None:
         labels = q.argmax(1)
-        sizes = torch.bincount(labels, minlength=self.hparams.n_clusters)
-        largest = float(sizes.max()) / labels.numel()
+        sizes = torch.bincount(labels, minlength=self.hparams.n_clusters).tolist()  # one read from the device
+        largest = max(sizes) / labels.numel()
         metrics = {"refine/delta_label": float(self.delta_label), "refine/largest_cluster": largest}
         metrics.update(self._interval_means())
         if "refine/kl" in metrics:
