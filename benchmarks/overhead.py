@@ -68,7 +68,7 @@ def trainer_step_ms(data: ImageSet, graphed: bool, epochs: int, stage: str) -> f
         max_epochs=epochs,
         max_steps=steps,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=True,  # through LastCheckpoint, as the trainer has it
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[FiniteLoss(stage), LastCheckpoint(every_n_epochs=10**6)],

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from deep_clustering.errors import TrainingError
@@ -81,12 +82,14 @@ class FiniteLoss(L.Callback):
         raise TrainingError(f"{self.stage}: the loss is {loss} at step {step}; the run stops here and {kept}")
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
     """Keeps one checkpoint, last.ckpt in the trainer's default_root_dir: every `every_n_steps`
     steps or `every_n_epochs` epochs, but at most once in `min_interval_s` seconds after the first
     (a save costs a write of the weights and the optimizer state); always at the end of training,
     and on SIGTERM (a pre-empted or cancelled job) at the step reached. `resume=RUN_DIR` continues
-    from it."""
+    from it. A Checkpoint callback, so Lightning calls it after the other callbacks and, at an
+    epoch's end, after the LightningModule's on_train_epoch_end, as it does ModelCheckpoint: the
+    saved epoch is complete."""
 
     def __init__(self, every_n_steps: int = 0, every_n_epochs: int = 0, min_interval_s: float = 0.0) -> None:
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs

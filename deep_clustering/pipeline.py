@@ -200,7 +200,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoard
     every = {"every_n_epochs": 1} if stage == "pretrain" else {"every_n_steps": cfg.refine.update_interval}
     bar = limits.get("enable_progress_bar", cfg.trainer.enable_progress_bar)
     callbacks = [
-        FiniteLoss(stage),  # first: a checkpoint saved at a step's end sees that step's loss checked
+        FiniteLoss(stage),  # before LastCheckpoint (Lightning calls it last): a save sees its step's loss checked
         LastCheckpoint(**every, min_interval_s=cfg.checkpoint.min_interval_s),
         *([LearningRateMonitor()] if logger else []),
         # the bar reads the losses, which waits for a GPU: every 10 steps rather than every step
@@ -212,7 +212,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoard
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=folder,  # where last.ckpt and SLURM's pre-emption checkpoint go
-        enable_checkpointing=False,  # LastCheckpoint keeps the one checkpoint
+        enable_checkpointing=True,  # through LastCheckpoint, which keeps the one checkpoint (no ModelCheckpoint)
         use_distributed_sampler=False,  # ImageDataModule shards the batches itself
         **limits,
     )

@@ -1,6 +1,7 @@
 """Stage 1: the autoencoder learns to reconstruct the images."""
 
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -40,6 +41,16 @@ class AutoencoderModule(L.LightningModule):
         mean = self.epoch_loss.pop()  # the mean over the epoch's images, as self.log(on_epoch=True) gives
         if mean is not None:  # under DDP, over all processes' images (each process sees as many)
             self.log("pretrain/recon", mean, prog_bar=True, sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a checkpoint saved mid-epoch (SIGTERM) carries the epoch's sum so far; one saved at an
+        # epoch's end (LastCheckpoint runs after on_train_epoch_end) an empty one. Under DDP the
+        # checkpoint holds process 0's sum, which every process resumes from
+        checkpoint["epoch_loss"] = self.epoch_loss.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "epoch_loss" in checkpoint:  # checkpoints written before it was saved have none
+            self.epoch_loss.load_state_dict(checkpoint["epoch_loss"])
 
     def losses(self, x: Tensor) -> tuple[Tensor]:
         return (F.mse_loss(self.autoencoder(x)[1], x),)

@@ -190,10 +190,15 @@ class DECModule(L.LightningModule):
         checkpoint["dec"] = {
             "p": self.p.cpu() if self.p is not None else None,
             "last_labels": self.last_labels.cpu() if self.last_labels is not None else None,
+            # the loss parts' sums since the last refresh: the next refresh logs the same means as an
+            # uninterrupted run's (under DDP, process 0's sums, which every process resumes from)
+            "interval_losses": self.interval_losses.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.p, self.last_labels = checkpoint["dec"]["p"], checkpoint["dec"]["last_labels"]
+        if "interval_losses" in checkpoint["dec"]:  # checkpoints written before it was saved have none
+            self.interval_losses.load_state_dict(checkpoint["dec"]["interval_losses"])
 
     def _interval_means(self) -> dict[str, float]:
         """The mean of each loss part over the steps since the last call ({} if none), under DDP over

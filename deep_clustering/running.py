@@ -1,5 +1,7 @@
 """Running means kept on the device: added to at every step without waiting for a GPU, read once."""
 
+from typing import Any
+
 from torch import Tensor
 
 
@@ -12,7 +14,10 @@ class RunningMean:
 
     def add(self, values: Tensor, weight: int = 1) -> None:
         weighted = values.detach() * weight
-        self.total = weighted if self.total is None else self.total + weighted
+        if self.total is None:
+            self.total = weighted
+        else:  # .to: a sum loaded from a checkpoint is on the CPU; a no-op after the first add
+            self.total = self.total.to(weighted.device) + weighted
         self.weight += weight
 
     def pop(self) -> Tensor | None:
@@ -20,3 +25,11 @@ class RunningMean:
         mean = self.total / self.weight if self.weight else None
         self.total, self.weight = None, 0
         return mean
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sum so far (on the CPU) and its weight, for a checkpoint: a run resumed mid-way then
+        logs the same mean as one never stopped."""
+        return {"total": self.total.cpu() if self.total is not None else None, "weight": self.weight}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total, self.weight = state["total"], state["weight"]

@@ -1,12 +1,14 @@
 """The refinement's first target (refine.first_target): sharpened Q of the initial centres, as DEC, or the
-initializer's own partition, one-hot."""
+initializer's own partition, one-hot; the losses it logs across a resume."""
 
 from functools import partial
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 
+from deep_clustering.callbacks import LastCheckpoint
 from deep_clustering.data import ImageDataModule, load_digits
 from deep_clustering.errors import InputError
 from deep_clustering.metrics import external_metrics
@@ -89,3 +91,61 @@ def test_the_first_target_can_be_the_initializers_own_labels(digits_autoencoder)
 def test_an_unknown_first_target_is_refused():
     with pytest.raises(InputError, match="refine.first_target='gmm' must be q or labels"):
         DECModule(torch.nn.Identity(), None, None, None, n_clusters=2, latent_dim=2, first_target="gmm")
+
+
+class Recorded(Logger):
+    """A logger that keeps what it is given: {name: {step: value}}."""
+
+    def __init__(self):
+        super().__init__()
+        self.metrics: dict[str, dict[int, float]] = {}
+
+    name, version = "recorded", 0
+
+    def log_metrics(self, metrics, step=None):
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, {})[step] = value
+
+    def log_hyperparams(self, *args, **kwargs):
+        pass
+
+
+def test_a_run_resumed_between_refreshes_logs_the_losses_of_one_never_stopped(digits_autoencoder, tmp_path):
+    """The mean losses logged at a refresh cover the whole interval, also the steps before a checkpoint."""
+
+    def run(max_steps: int, ckpt_path=None) -> Recorded:
+        data, state = digits_autoencoder
+        autoencoder = ConvAutoencoder(1, (8, 8))
+        autoencoder.load_state_dict(state)
+        torch.manual_seed(0)
+        dec = DECModule(
+            autoencoder.encoder,
+            autoencoder.decoder,
+            partial(torch.optim.Adam, lr=1e-3),
+            TrueClasses(data.labels),
+            n_clusters=10,
+            latent_dim=autoencoder.latent_dim,
+            update_interval=30,
+            tol=0.0,
+        )
+        logger = Recorded()
+        trainer = L.Trainer(
+            accelerator="cpu",
+            logger=logger,
+            callbacks=[LastCheckpoint()],  # saves at the end of training
+            default_root_dir=tmp_path,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            max_steps=max_steps,
+            max_epochs=-1,
+        )
+        trainer.fit(dec, ImageDataModule(data, 64, seed=0), ckpt_path=ckpt_path)
+        return logger
+
+    whole = run(70).metrics
+    run(45)  # stops between the refreshes at steps 30 and 60
+    resumed = run(70, ckpt_path=tmp_path / "last.ckpt").metrics
+    assert sorted(whole["refine/kl"]) == [30, 60, 70]
+    for key in ["refine/kl", "refine/recon"]:  # at 60: the mean over steps 30-59, 15 of them before the stop
+        assert resumed[key][60] == pytest.approx(whole[key][60], rel=1e-5), key
+        assert resumed[key][70] == pytest.approx(whole[key][70], rel=1e-5), key

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import ROOT, run_train
 
@@ -51,6 +52,13 @@ def saved_at(ckpt: Path) -> float:
     return ckpt.stat().st_mtime if ckpt.exists() else 0.0
 
 
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    """{step: value} of a scalar in the run's TensorBoard log (all its event files: a resumed run adds one)."""
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
@@ -83,6 +91,8 @@ def test_sigkill_in_each_stage_then_resume_matches_uninterrupted(stage, uninterr
     run_train(run_dir, f"resume={run_dir}")
     assert (run_dir / "predictions.csv").read_text() == (uninterrupted / "predictions.csv").read_text()
     assert (run_dir / ".hydra" / "config.yaml").read_text() == (uninterrupted / ".hydra" / "config.yaml").read_text()
+    for tag in ["pretrain/recon", "refine/kl", "refine/recon"]:  # the mean losses logged: the same
+        assert scalars(run_dir, tag) == pytest.approx(scalars(uninterrupted, tag), rel=1e-5), tag
 
 
 def test_sigterm_saves_where_it_stopped_and_resumes(uninterrupted, tmp_path):
@@ -103,6 +113,8 @@ def test_sigterm_saves_where_it_stopped_and_resumes(uninterrupted, tmp_path):
     assert step % 29 != 0  # mid-epoch: digits' 1,797 images make 29 batches of 64
     resumed = run_train(run_dir, f"resume={run_dir}", warnings="default")
     assert (run_dir / "predictions.csv").read_text() == (uninterrupted / "predictions.csv").read_text()
+    # every epoch's mean loss as in the uninterrupted run, the interrupted epoch's too (not only its second part)
+    assert scalars(run_dir, "pretrain/recon") == pytest.approx(scalars(uninterrupted, "pretrain/recon"), rel=1e-5)
     # no warnings at all; in particular not Lightning's "ended before the epoch ended ... unreliable
     # results", which is wrong here: the sampler skips the batches already trained on
     warned = [line for line in resumed.stderr.splitlines() if re.match(r"\S+\.py:\d+: ", line)]
