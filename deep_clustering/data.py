@@ -30,6 +30,7 @@ from deep_clustering.errors import InputError
 
 log = logging.getLogger("deep_clustering")
 SPLITS = ("train", "test", "all")
+BAD_FILES_NAMED = 10  # the bad files an error names; a folder may hold thousands
 
 
 class DiskImages:
@@ -249,8 +250,8 @@ def load_image_folder(
 
     labels: 'auto' labels each image by its first-level subfolder when every image sits in one
     and there are two or more (as torchvision's ImageFolder does), 'none' never. Linked folders are
-    followed. on_bad_file: 'error' stops with a list of
-    every file that cannot be read as an image; 'skip' leaves them out and records them.
+    followed. on_bad_file: 'error' stops naming the files that cannot be read as images (the
+    first BAD_FILES_NAMED, and how many more); 'skip' leaves them out and records them all.
     in_memory=False decodes the images once into a uint8 file under `cache_dir` (reused while the
     folder's files, sizes and times are unchanged) and reads batches from it with `loader_workers`
     DataLoader processes, for folders larger than memory.
@@ -275,9 +276,13 @@ def load_image_folder(
     else:
         images, kept, bad = _cached(files, root, shape, workers, Path(cache_dir).expanduser())
     if bad and on_bad_file == "error":
+        more = len(bad) - BAD_FILES_NAMED
+        listed = "; ".join(bad[:BAD_FILES_NAMED])
+        if more > 0:
+            listed += f"; and {more} more (data.on_bad_file=skip lists every one in the run folder's skipped_files.txt)"
         raise InputError(
             f"data.path={path}: {len(bad)} of {len(files)} files are not readable images "
-            f"(set data.on_bad_file=skip to leave them out): " + "; ".join(bad)
+            f"(set data.on_bad_file=skip to leave them out): {listed}"
         )
     if not kept:
         raise InputError(f"data.path={path}: none of its {len(files)} files is a readable image")

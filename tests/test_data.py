@@ -124,6 +124,22 @@ def test_image_folder_bad_files_are_listed_or_skipped(tmp_path):
     assert d.files == ["good.png"] and len(d.skipped) == 4
 
 
+def test_a_folder_of_many_bad_files_gets_an_error_of_one_short_line(tmp_path):
+    _save(tmp_path / "good.png", "L", (8, 8), 0)
+    for i in range(25):
+        (tmp_path / f"bad{i:02d}.png").write_bytes(b"not a png")
+    with pytest.raises(InputError) as err:
+        load_image_folder(str(tmp_path))
+    message = str(err.value)
+    assert "25 of 26 files are not readable images" in message
+    assert "bad09.png" in message and "bad10.png" not in message  # the first ten, in order
+    assert message.endswith(
+        "; and 15 more (data.on_bad_file=skip lists every one in the run folder's skipped_files.txt)"
+    )
+    assert "\n" not in message and len(message) < 2000
+    assert len(load_image_folder(str(tmp_path), on_bad_file="skip").skipped) == 25
+
+
 def test_image_folder_on_disk_reads_what_memory_holds_and_reuses_its_cache(tmp_path):
     folder, cache = tmp_path / "images", tmp_path / "cache"
     for i in range(7):
