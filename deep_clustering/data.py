@@ -99,7 +99,8 @@ class ImageSet:
         cuda = device.type == "cuda"
         loader = DataLoader(
             _Rows(self.images),
-            batch_sampler=index.cpu().split(batch_size),
+            sampler=index.cpu().split(batch_size),
+            batch_size=None,  # each item a whole batch
             collate_fn=_as_is,
             num_workers=self.workers,
             pin_memory=cuda,
@@ -390,7 +391,7 @@ def _read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray 
 
 
 class _Indices(Dataset):
-    """A data set whose items are their own indices; a whole batch of them is fetched at once."""
+    """A data set whose items are their own indices; each item a whole batch of them."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -398,15 +399,12 @@ class _Indices(Dataset):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> int:
-        return i
-
-    def __getitems__(self, batch: Tensor) -> Tensor:
+    def __getitem__(self, batch: Tensor) -> Tensor:
         return batch
 
 
 class _Rows(Dataset):
-    """The rows of a DiskImages set by index; a whole batch is read at once, as (uint8 images, indices)."""
+    """The rows of a DiskImages set; each item a whole batch, read at once: indices -> (uint8 images, indices)."""
 
     def __init__(self, images: DiskImages) -> None:
         self.images = images
@@ -414,11 +412,7 @@ class _Rows(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.__getitems__(torch.tensor([i]))
-
-    def __getitems__(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        batch = torch.as_tensor(batch)
+    def __getitem__(self, batch: Tensor) -> tuple[Tensor, Tensor]:
         return self.images.raw(batch), batch
 
 
@@ -512,17 +506,20 @@ class ImageDataModule(L.LightningDataModule):
         # a run resumed mid-epoch goes on with the batch it stopped at, as if never interrupted
         # (every epoch has len(sampler) steps, so the step count tells where in the epoch it was)
         sampler.skip = trainer.global_step % len(sampler)
+        # the batches are the DataLoader's sampler, each item a whole batch (batch_size=None), not its
+        # batch_sampler: Lightning calls set_epoch on a DataLoader's sampler (and on its batch_sampler's
+        # sampler), never on a batch_sampler itself, which would draw the same batches every epoch
+        one_batch_an_item = {"sampler": sampler, "batch_size": None, "collate_fn": _as_is}
         if isinstance(self.data.images, DiskImages):
             workers = self.data.workers
             return DataLoader(
                 _Rows(self.data.images),
-                batch_sampler=sampler,
-                collate_fn=_as_is,
+                **one_batch_an_item,
                 num_workers=workers,
                 persistent_workers=workers > 0,
                 pin_memory=trainer.strategy.root_device.type == "cuda",
             )
-        return DataLoader(_Indices(len(self.data)), batch_sampler=sampler, collate_fn=_as_is)
+        return DataLoader(_Indices(len(self.data)), **one_batch_an_item)
 
     def on_after_batch_transfer(self, batch: Tensor | tuple, dataloader_idx: int) -> tuple[Tensor, Tensor]:
         if isinstance(batch, (tuple, list)):  # (uint8 images, indices) read from a DiskImages file

@@ -1,9 +1,18 @@
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from deep_clustering.data import DiskImages, ShardedBatches, from_arrays, load_digits, load_image_folder, load_npz
+from deep_clustering.data import (
+    DiskImages,
+    ImageDataModule,
+    ShardedBatches,
+    from_arrays,
+    load_digits,
+    load_image_folder,
+    load_npz,
+)
 from deep_clustering.errors import InputError
 from tests.conftest import shared_npz
 
@@ -190,6 +199,42 @@ def test_sharded_batches_reshuffle_each_epoch():
     assert not torch.equal(first, next(iter(s)))
     s.set_epoch(0)
     assert torch.equal(first, next(iter(s)))
+
+
+def test_training_draws_new_batches_every_epoch_as_the_sampler_gives_them(tmp_path):
+    """Lightning sets the sampler's epoch: each epoch a new order, the one ShardedBatches gives for it."""
+    data = from_arrays(np.random.default_rng(0).random((50, 4, 4)), None, "random")
+
+    class Record(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: list[list[int]] = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch[1].tolist())
+            return (self.w * batch[0].mean()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = Record()
+    L.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+    ).fit(module, ImageDataModule(data, 10, seed=4))
+    sampler = ShardedBatches(50, 10, seed=4)
+    expected = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        expected += [b.tolist() for b in sampler]
+    assert module.seen == expected and module.seen[:5] != module.seen[5:10]
 
 
 def test_random_affine_is_repeatable_and_bounded():
