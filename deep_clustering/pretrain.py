@@ -44,9 +44,9 @@ class AutoencoderModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint saved mid-epoch (SIGTERM) carries the epoch's sum so far; one saved at an
-        # epoch's end (LastCheckpoint runs after on_train_epoch_end) an empty one. Under DDP the
-        # checkpoint holds process 0's sum, which every process resumes from
-        checkpoint["epoch_loss"] = self.epoch_loss.state_dict()
+        # epoch's end (LastCheckpoint runs after on_train_epoch_end) an empty one; under DDP, the
+        # processes' mean sum, which every process resumes from
+        checkpoint["epoch_loss"] = self.epoch_loss.state_dict(self.trainer.strategy)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "epoch_loss" in checkpoint:  # checkpoints written before it was saved have none

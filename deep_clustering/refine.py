@@ -191,8 +191,8 @@ class DECModule(L.LightningModule):
             "p": self.p.cpu() if self.p is not None else None,
             "last_labels": self.last_labels.cpu() if self.last_labels is not None else None,
             # the loss parts' sums since the last refresh: the next refresh logs the same means as an
-            # uninterrupted run's (under DDP, process 0's sums, which every process resumes from)
-            "interval_losses": self.interval_losses.state_dict(),
+            # uninterrupted run's (under DDP, the processes' mean sums, which every process resumes from)
+            "interval_losses": self.interval_losses.state_dict(self.trainer.strategy),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

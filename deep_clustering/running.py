@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from lightning.pytorch.strategies import Strategy
 from torch import Tensor
 
 
@@ -26,10 +27,16 @@ class RunningMean:
         self.total, self.weight = None, 0
         return mean
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, strategy: Strategy | None = None) -> dict[str, Any]:
         """The sum so far (on the CPU) and its weight, for a checkpoint: a run resumed mid-way then
-        logs the same mean as one never stopped."""
-        return {"total": self.total.cpu() if self.total is not None else None, "weight": self.weight}
+        logs the same mean as one never stopped. With a Lightning `strategy`, the sum is the mean of
+        every process's (a collective: every process calls it, as every process saves a checkpoint):
+        each process adds as many values of the same weights, so every process resuming from that
+        mean gives the same mean over processes as an uninterrupted run."""
+        total = self.total
+        if total is not None and strategy is not None:
+            total = strategy.reduce(total.clone(), reduce_op="mean")  # clone: the reduction is in place
+        return {"total": total.cpu() if total is not None else None, "weight": self.weight}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.total, self.weight = state["total"], state["weight"]

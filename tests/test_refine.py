@@ -1,11 +1,14 @@
 """The refinement's first target (refine.first_target): sharpened Q of the initial centres, as DEC, or the
 initializer's own partition, one-hot; the losses it logs across a resume."""
 
+import os
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import torch.multiprocessing as mp
 from lightning.pytorch.loggers import Logger
 
 from deep_clustering.callbacks import LastCheckpoint
@@ -15,6 +18,7 @@ from deep_clustering.metrics import external_metrics
 from deep_clustering.models import ConvAutoencoder
 from deep_clustering.pretrain import AutoencoderModule
 from deep_clustering.refine import DECModule
+from tests.conftest import free_port
 
 
 def _fit(module: L.LightningModule, data, **limits) -> None:
@@ -110,42 +114,91 @@ class Recorded(Logger):
         pass
 
 
+class Crashed(Exception):
+    pass
+
+
+class Crash(L.Callback):
+    """Stops the run with an error at step `at`, before the step."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.at:
+            raise Crashed(f"step {self.at}")
+
+
+def resumable_run(
+    state: dict, folder, ckpt_path=None, crash_at: int | None = None, **trainer
+) -> tuple[dict, torch.Tensor]:
+    """70 refinement steps from the autoencoder `state`, P refreshed every 30 (from `ckpt_path` if
+    given), folder/last.ckpt saved at step 40: (what it logged, the final labels). `crash_at`: the
+    step where the run stops with an error, as if killed. `trainer`: more Trainer arguments
+    (`strategy` and `devices` for a process of a DDP run)."""
+    data = load_digits()
+    autoencoder = ConvAutoencoder(1, (8, 8))
+    autoencoder.load_state_dict(state)
+    torch.manual_seed(0)
+    dec = DECModule(
+        autoencoder.encoder,
+        autoencoder.decoder,
+        partial(torch.optim.Adam, lr=1e-3),
+        TrueClasses(data.labels),
+        n_clusters=10,
+        latent_dim=autoencoder.latent_dim,
+        update_interval=30,
+        tol=0.0,
+    )
+    logger = Recorded()
+    trainer = L.Trainer(
+        **{"accelerator": "cpu", "devices": 1, **trainer},
+        logger=logger,
+        callbacks=[LastCheckpoint(every_n_steps=40), *([Crash(crash_at)] if crash_at else [])],
+        default_root_dir=folder,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # ImageDataModule shards the batches itself
+        max_steps=70,
+        max_epochs=-1,
+    )
+    try:
+        trainer.fit(dec, ImageDataModule(data, 64, seed=0), ckpt_path=ckpt_path)
+    except Crashed:
+        assert crash_at is not None
+    return logger.metrics, dec.last_labels
+
+
+def assert_resumed_as_whole(whole: tuple[dict, torch.Tensor], resumed: tuple[dict, torch.Tensor]) -> None:
+    assert sorted(whole[0]["refine/kl"]) == [30, 60, 70]
+    for key in ["refine/kl", "refine/recon"]:  # at 60: the mean over steps 30-59, 10 of them before the checkpoint
+        assert resumed[0][key][60] == pytest.approx(whole[0][key][60], rel=1e-5), key
+        assert resumed[0][key][70] == pytest.approx(whole[0][key][70], rel=1e-5), key
+    assert torch.equal(resumed[1], whole[1])
+
+
 def test_a_run_resumed_between_refreshes_logs_the_losses_of_one_never_stopped(digits_autoencoder, tmp_path):
     """The mean losses logged at a refresh cover the whole interval, also the steps before a checkpoint."""
+    state = digits_autoencoder[1]
+    whole = resumable_run(state, tmp_path / "whole")
+    resumable_run(state, tmp_path / "part", crash_at=45)  # between the refreshes at steps 30 and 60, mid-epoch
+    assert_resumed_as_whole(whole, resumable_run(state, tmp_path / "part", tmp_path / "part" / "last.ckpt"))
 
-    def run(max_steps: int, ckpt_path=None) -> Recorded:
-        data, state = digits_autoencoder
-        autoencoder = ConvAutoencoder(1, (8, 8))
-        autoencoder.load_state_dict(state)
-        torch.manual_seed(0)
-        dec = DECModule(
-            autoencoder.encoder,
-            autoencoder.decoder,
-            partial(torch.optim.Adam, lr=1e-3),
-            TrueClasses(data.labels),
-            n_clusters=10,
-            latent_dim=autoencoder.latent_dim,
-            update_interval=30,
-            tol=0.0,
-        )
-        logger = Recorded()
-        trainer = L.Trainer(
-            accelerator="cpu",
-            logger=logger,
-            callbacks=[LastCheckpoint()],  # saves at the end of training
-            default_root_dir=tmp_path,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            max_steps=max_steps,
-            max_epochs=-1,
-        )
-        trainer.fit(dec, ImageDataModule(data, 64, seed=0), ckpt_path=ckpt_path)
-        return logger
 
-    whole = run(70).metrics
-    run(45)  # stops between the refreshes at steps 30 and 60
-    resumed = run(70, ckpt_path=tmp_path / "last.ckpt").metrics
-    assert sorted(whole["refine/kl"]) == [30, 60, 70]
-    for key in ["refine/kl", "refine/recon"]:  # at 60: the mean over steps 30-59, 15 of them before the stop
-        assert resumed[key][60] == pytest.approx(whole[key][60], rel=1e-5), key
-        assert resumed[key][70] == pytest.approx(whole[key][70], rel=1e-5), key
+def _ddp_worker(rank: int, port: int, state: dict, out: str) -> None:
+    """One of two processes of a DDP run (gloo) started here, not by Lightning."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank), NODE_RANK="0")
+    ddp = {"strategy": "ddp", "devices": 2}
+    whole = resumable_run(state, Path(out, "whole"), **ddp)
+    resumable_run(state, Path(out, "part"), crash_at=45, **ddp)
+    resumed = resumable_run(state, Path(out, "part"), Path(out, "part", "last.ckpt"), **ddp)
+    torch.save((whole, resumed), f"{out}/result.{rank}")
+
+
+def test_under_ddp_a_run_resumed_between_refreshes_logs_and_predicts_as_one_never_stopped(digits_autoencoder, tmp_path):
+    """Two processes, each its half of the digits, one checkpoint (process 0 writes it): both resume
+    from it to the same labels and log the same mean losses (over both processes) as an uninterrupted run."""
+    mp.spawn(_ddp_worker, args=(free_port(), digits_autoencoder[1], str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        whole, resumed = torch.load(tmp_path / f"result.{rank}")
+        assert_resumed_as_whole(whole, resumed)
