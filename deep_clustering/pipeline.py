@@ -103,8 +103,9 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     device = trainer.strategy.root_device
     codes, q = dec.to(device).predict_all(data)
     confidence, pred = q.max(1)
+    sizes = torch.bincount(pred, minlength=cfg.n_clusters).tolist()
     if trainer.is_global_zero:
-        warn_if_collapsed(torch.bincount(pred, minlength=cfg.n_clusters).tolist(), "the final clustering")
+        warn_if_collapsed(sizes, "the final clustering")
     scores = external_metrics(pred, data.labels) if data.labels is not None else {}
     scores.update(internal_metrics(codes, pred, seed=cfg.seed))
     seconds["evaluate"] = time.perf_counter() - start
@@ -117,6 +118,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         **scores,
         "n_samples": len(data),
         "n_clusters": cfg.n_clusters,
+        "n_clusters_found": sum(size > 0 for size in sizes),  # fewer when refinement left clusters empty
         "refine_iterations": int(dec.steps),
         "refreshes_of_p": int(dec.n_refresh),
         "stopped_by": "tol" if dec.n_refresh > 1 and dec.delta_label < cfg.refine.tol else "max_iters",

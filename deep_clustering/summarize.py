@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-METRICS = ["acc", "nmi", "ari", "silhouette", "davies_bouldin", "calinski_harabasz", "seconds"]
+METRICS = ["acc", "nmi", "ari", "silhouette", "davies_bouldin", "calinski_harabasz", "n_clusters_found", "seconds"]
 LOWER_IS_BETTER = {"davies_bouldin", "seconds"}
 
 
@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     best = table[0]
     keys, _ = varying(table)
     setting = " ".join(f"{k}={best['settings'].get(k)}" for k in keys) or "(no settings varied)"
-    print(f"best: {setting}  {metric} {best[metric]['mean']:.4f} over {best['n']} run(s)")
+    found = best.get("n_clusters_found")  # a K sweep's best K may have left clusters empty
+    occupied = f"; {found['mean']:g} clusters occupied" if found else ""
+    print(f"best: {setting}  {metric} {best[metric]['mean']:.4f} over {best['n']} run(s){occupied}")
     print(f"wrote {args.sweep_dir / 'summary.csv'} and {args.sweep_dir / 'summary.md'}")
 
 
