@@ -55,24 +55,27 @@ def digits_autoencoder():
     return data, autoencoder.state_dict()
 
 
-def refine(digits_autoencoder, first_target: str) -> DECModule:
-    """40 refinement steps from the same autoencoder, P refreshed at steps 0 and 30."""
-    data, state = digits_autoencoder
+def refinement(data, state: dict, **options) -> DECModule:
+    """A DECModule on the digits autoencoder `state`, initialised to the true classes, P refreshed
+    every 30 steps; `options`: more DECModule arguments."""
     autoencoder = ConvAutoencoder(1, (8, 8))
     autoencoder.load_state_dict(state)
     torch.manual_seed(0)
-    dec = DECModule(
+    return DECModule(
         autoencoder.encoder,
         autoencoder.decoder,
         partial(torch.optim.Adam, lr=1e-3),
         TrueClasses(data.labels),
         n_clusters=10,
         latent_dim=autoencoder.latent_dim,
-        gamma=1.0,
-        update_interval=30,
-        tol=0.0,
-        first_target=first_target,
+        **{"update_interval": 30, "tol": 0.0, **options},
     )
+
+
+def refine(digits_autoencoder, first_target: str) -> DECModule:
+    """40 refinement steps from the same autoencoder, P refreshed at steps 0 and 30."""
+    data, state = digits_autoencoder
+    dec = refinement(data, state, gamma=1.0, first_target=first_target)
     _fit(dec, data, max_steps=40, max_epochs=-1)
     return dec
 
@@ -137,19 +140,7 @@ def resumable_run(
     step where the run stops with an error, as if killed. `trainer`: more Trainer arguments
     (`strategy` and `devices` for a process of a DDP run)."""
     data = load_digits()
-    autoencoder = ConvAutoencoder(1, (8, 8))
-    autoencoder.load_state_dict(state)
-    torch.manual_seed(0)
-    dec = DECModule(
-        autoencoder.encoder,
-        autoencoder.decoder,
-        partial(torch.optim.Adam, lr=1e-3),
-        TrueClasses(data.labels),
-        n_clusters=10,
-        latent_dim=autoencoder.latent_dim,
-        update_interval=30,
-        tol=0.0,
-    )
+    dec = refinement(data, state)
     logger = Recorded()
     trainer = L.Trainer(
         **{"accelerator": "cpu", "devices": 1, **trainer},
