@@ -64,6 +64,7 @@ class ImageSet:
     images: Tensor | DiskImages  # (N, C, H, W) float32 in [0, 1]; DiskImages for data.in_memory=false
     labels: Tensor | None = None  # (N,) int64 true classes; None where unknown
     files: list[str] | None = None  # (N,) source file of each image; None for arrays (the index names it)
+    class_names: list[str] | None = None  # the name of each label (an image folder's subfolders); None for arrays
     skipped: list[str] = field(default_factory=list)  # bad files left out, with the reason
     pixel_range: tuple[float, float] = (0.0, 1.0)  # the raw pixel values that became 0 and 1
     workers: int = 0  # DataLoader worker processes that read a DiskImages set
@@ -298,6 +299,7 @@ def load_image_folder(
         targets = torch.from_numpy(y) if y is not None else None
         out = ImageSet(images, targets, pixel_range=(0.0, 255.0), workers=loader_workers)  # uint8 in the file
     out.files, out.skipped = kept, bad
+    out.class_names = classes if y is not None else None
     return out
 
 

@@ -48,19 +48,27 @@ def write_skipped(folder: Path, skipped: list[str]) -> None:
 
 
 def write_predictions(
-    path: Path, pred: Tensor, confidence: Tensor, files: list[str] | None, labels: Tensor | None
+    path: Path,
+    pred: Tensor,
+    confidence: Tensor,
+    files: list[str] | None,
+    labels: Tensor | None,
+    class_names: list[str] | None = None,
 ) -> None:
-    """One row per sample: its index (or file), cluster, confidence (max q) and, where known, label."""
+    """One row per sample: its index (or file), cluster, confidence (max q) and, where known, label
+    (and the label's class name, an image folder's subfolder)."""
 
     def write(f: Any) -> None:
         out = csv.writer(f)
-        out.writerow(
-            ["file" if files else "index", "cluster", "confidence", *(["label"] if labels is not None else [])]
-        )
-        names = files or range(len(pred))
-        cols = [names, pred.tolist(), [f"{c:.6f}" for c in confidence.tolist()]]
+        header = ["file" if files else "index", "cluster", "confidence"]
+        cols = [files or range(len(pred)), pred.tolist(), [f"{c:.6f}" for c in confidence.tolist()]]
         if labels is not None:
+            header.append("label")
             cols.append(labels.tolist())
+        if labels is not None and class_names is not None:
+            header.append("class")
+            cols.append([class_names[y] for y in labels.tolist()])
+        out.writerow(header)
         out.writerows(zip(*cols))
 
     atomic_write(path, write)

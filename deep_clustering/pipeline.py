@@ -129,8 +129,11 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "peak_memory_mb": _peak_memory_mb(device),
         "resumed": bool(cfg.resume),
         "baselines": baselines,
+        **({"class_names": data.class_names} if data.class_names else {}),  # label i is class_names[i]
     }
-    write_predictions(run_dir / "predictions.csv", pred.cpu(), confidence.cpu(), data.files, data.labels)
+    write_predictions(
+        run_dir / "predictions.csv", pred.cpu(), confidence.cpu(), data.files, data.labels, data.class_names
+    )
     log_final(logger.experiment, data.images, codes.cpu(), pred.cpu(), data.labels, int(dec.steps))
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(cfg).items()}
     logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})

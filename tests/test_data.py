@@ -102,7 +102,7 @@ def test_image_folder_labels_modes_and_sizes(tmp_path):
     _save(tmp_path / "dogs" / "e.jpg", "CMYK", (20, 20), (0, 0, 0, 0))
     d = load_image_folder(str(tmp_path), image_size=(16, 16), channels=3)
     assert d.images.shape == (5, 3, 16, 16)
-    assert d.labels.tolist() == [0, 0, 1, 1, 1]
+    assert d.labels.tolist() == [0, 0, 1, 1, 1] and d.class_names == ["cats", "dogs"]
     assert d.files == ["cats/a.png", "cats/b.png", "dogs/c.png", "dogs/d.tif", "dogs/e.jpg"]
     torch.testing.assert_close(d.images[3], torch.ones(3, 16, 16))  # 16-bit white stays white
     assert d.images[1, 0].mean() > 0.99 and d.images[1, 1].mean() < 0.01  # red
@@ -113,7 +113,8 @@ def test_image_folder_labels_modes_and_sizes(tmp_path):
 def test_image_folder_without_subfolders_has_no_labels(tmp_path):
     _save(tmp_path / "a.png", "L", (8, 8), 0)
     _save(tmp_path / "b.png", "L", (8, 8), 0)
-    assert load_image_folder(str(tmp_path)).labels is None
+    unlabelled = load_image_folder(str(tmp_path))
+    assert unlabelled.labels is None and unlabelled.class_names is None
 
 
 def test_image_folder_bad_files_are_listed_or_skipped(tmp_path):

@@ -142,7 +142,10 @@ def test_image_folder_run_names_the_files(tmp_path):
     run_train(tmp_path / "run", *overrides, "data.on_bad_file=skip", *QUICK)
     rows = read_predictions(tmp_path / "run")
     assert len(rows) == 200 and rows[0]["file"] == f"class{int(digits.labels[0])}/000.png"
-    assert "acc" in read_metrics(tmp_path / "run")
+    assert all(r["class"] == r["file"].split("/")[0] for r in rows)  # the label's subfolder, by name
+    m = read_metrics(tmp_path / "run")
+    assert "acc" in m and m["class_names"] == [f"class{c}" for c in range(10)]
+    assert [m["class_names"][int(r["label"])] for r in rows] == [r["class"] for r in rows]
     skipped = (tmp_path / "run" / "skipped_files.txt").read_text().splitlines()
     assert len(skipped) == 1 and skipped[0].startswith("class0/broken.png: not a readable image")
     assert "skipped 1 bad files" in (tmp_path / "run" / "train.log").read_text()
