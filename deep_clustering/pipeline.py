@@ -134,7 +134,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     write_predictions(
         run_dir / "predictions.csv", pred.cpu(), confidence.cpu(), data.files, data.labels, data.class_names
     )
-    log_final(logger.experiment, data.images, codes.cpu(), pred.cpu(), data.labels, int(dec.steps))
+    log_final(logger.experiment, data.images, codes.cpu(), pred.cpu(), data.labels, int(dec.steps), data.class_names)
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(cfg).items()}
     logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})
     logger.finalize("success")

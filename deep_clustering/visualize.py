@@ -67,12 +67,14 @@ def hungarian_order(pred: Tensor, target: Tensor) -> tuple[Tensor, list[int], li
     return counts[clusters][:, classes], clusters, classes
 
 
-def confusion_figure(pred: Tensor, target: Tensor) -> plt.Figure:
-    """Cluster versus label counts, ordered by the Hungarian matching."""
+def confusion_figure(pred: Tensor, target: Tensor, class_names: list[str] | None = None) -> plt.Figure:
+    """Cluster versus label counts, ordered by the Hungarian matching; the labels named by
+    `class_names` where given (an image folder's subfolders)."""
     counts, clusters, classes = hungarian_order(pred, target)
     fig, ax = plt.subplots(figsize=(1 + 0.45 * len(classes), 1 + 0.45 * len(clusters)), dpi=100)
     ax.imshow(counts.numpy(), cmap="Blues")
-    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
+    names = class_names or [str(c) for c in range(len(classes))]
+    ax.set_xticks(range(len(classes)), [names[c] for c in classes], rotation=90 if class_names else 0)
     ax.set_yticks(range(len(clusters)), [str(c) for c in clusters])
     ax.set_xlabel("label")
     ax.set_ylabel("cluster")
@@ -125,20 +127,28 @@ def log_refresh(experiment, images: Tensor, q: Tensor, step: int) -> None:
 
 
 def log_final(
-    experiment, images: Tensor, codes: Tensor, pred: Tensor, labels: Tensor | None, step: int, max_points: int = 2000
+    experiment,
+    images: Tensor,
+    codes: Tensor,
+    pred: Tensor,
+    labels: Tensor | None,
+    step: int,
+    class_names: list[str] | None = None,
+    max_points: int = 2000,
 ) -> None:
     """At the end: the confusion matrix ordered by the Hungarian matching (all samples), the
     embedding projector (codes with cluster and label as metadata, thumbnails as sprites) and 2-D
     maps of the codes coloured by cluster (PCA; t-SNE; UMAP where umap-learn is installed), the
-    last three on a fixed random subsample of at most `max_points`."""
+    last three on a fixed random subsample of at most `max_points`. Labels are shown by their
+    `class_names` where given."""
     if labels is not None:
-        experiment.add_figure("final/confusion", confusion_figure(pred, labels), step)
+        experiment.add_figure("final/confusion", confusion_figure(pred, labels, class_names), step)
     sample = torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))[:max_points]
     codes, few_pred, thumbs = codes[sample].float(), pred[sample], images[sample].float()
     if labels is None:
         experiment.add_embedding(codes, few_pred.tolist(), thumbs.expand(-1, 3, -1, -1), step, tag="latent")
     else:
-        meta = [[int(c), int(t)] for c, t in zip(few_pred, labels[sample])]
+        meta = [[int(c), class_names[int(t)] if class_names else int(t)] for c, t in zip(few_pred, labels[sample])]
         header = ["cluster", "label"]
         experiment.add_embedding(codes, meta, thumbs.expand(-1, 3, -1, -1), step, tag="latent", metadata_header=header)
     maps = {"pca": pca_2d(codes)}

@@ -5,7 +5,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from deep_clustering.visualize import confident_grid, hungarian_order, log_final, log_refresh, most_confident
+from deep_clustering.visualize import (
+    confident_grid,
+    confusion_figure,
+    hungarian_order,
+    log_final,
+    log_refresh,
+    most_confident,
+)
 
 
 def test_confident_grid_has_one_row_per_cluster():
@@ -53,6 +60,17 @@ def test_views_land_in_tensorboard(tmp_path):
     assert (tmp_path / "projector_config.pbtxt").exists()
     meta = (tmp_path / "00007" / "latent" / "metadata.tsv").read_text().splitlines()
     assert meta[0] == "cluster\tlabel" and len(meta) == 61
+
+
+def test_labels_are_shown_by_their_class_names_where_given(tmp_path):
+    codes, labels = torch.randn(40, 4), torch.arange(40) % 2
+    with SummaryWriter(str(tmp_path)) as writer:
+        log_final(writer, torch.rand(40, 1, 8, 8), codes, labels, labels, 3, class_names=["cats", "dogs"])
+    meta = [line.split("\t") for line in (tmp_path / "00003" / "latent" / "metadata.tsv").read_text().splitlines()]
+    assert meta[0] == ["cluster", "label"] and {label for _, label in meta[1:]} == {"cats", "dogs"}
+    assert all(label == ["cats", "dogs"][int(cluster)] for cluster, label in meta[1:])  # clusters = labels here
+    figure = confusion_figure(labels, labels, ["cats", "dogs"])
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["cats", "dogs"]
 
 
 def test_a_umap_package_without_umap_learn_in_it_only_drops_that_map(tmp_path, monkeypatch):
