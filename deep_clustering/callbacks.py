@@ -99,6 +99,8 @@ class LastCheckpoint(Checkpoint):
 
     def save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self.saved_step:
+            for logger in trainer.loggers:  # what was logged before the checkpoint is on disk when it is
+                logger.save()
             trainer.save_checkpoint(Path(trainer.default_root_dir) / "last.ckpt", weights_only=False)
             self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
 

@@ -6,12 +6,19 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from deep_clustering.callbacks import LastCheckpoint
+from deep_clustering.data import ImageDataModule, load_digits
+from deep_clustering.models import ConvAutoencoder
+from deep_clustering.pretrain import AutoencoderModule
 from tests.conftest import ROOT, run_train
 
 # long enough pretraining and a t-SNE initialisation (seconds) to kill each stage reliably
@@ -93,6 +100,42 @@ def test_sigkill_in_each_stage_then_resume_matches_uninterrupted(stage, uninterr
     assert (run_dir / ".hydra" / "config.yaml").read_text() == (uninterrupted / ".hydra" / "config.yaml").read_text()
     for tag in ["pretrain/recon", "refine/kl", "refine/recon"]:  # the mean losses logged: the same
         assert scalars(run_dir, tag) == pytest.approx(scalars(uninterrupted, tag), rel=1e-5), tag
+
+
+class OnDiskAtEachSave(L.Callback):
+    """At each checkpoint save: its step, and the steps of `tag` that the TensorBoard files on disk
+    hold then (what a SIGKILL right after the save would leave)."""
+
+    def __init__(self, tag: str):
+        self.tag, self.seen = tag, []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        events = EventAccumulator(trainer.logger.log_dir)
+        events.Reload()
+        steps = [e.step for e in events.Scalars(self.tag)] if self.tag in events.Tags()["scalars"] else []
+        self.seen.append((checkpoint["global_step"], steps))
+
+
+def test_each_epochs_loss_is_on_disk_before_its_checkpoint(tmp_path):
+    """A run killed just after a checkpoint resumes from it and never logs again what came before it,
+    so every epoch's mean loss must be written before the checkpoint of that epoch's end. (Lightning
+    logs an epoch's self.log values after the epoch-end checkpoint: a SIGKILL between the two lost one
+    point of pretrain/recon.)"""
+    on_disk = OnDiskAtEachSave("pretrain/recon")
+    torch.manual_seed(0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        log_every_n_steps=10,  # as configs/trainer/default.yaml
+        logger=TensorBoardLogger(tmp_path, name="", version=""),
+        callbacks=[LastCheckpoint(every_n_epochs=1), on_disk],
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    module = AutoencoderModule(ConvAutoencoder(1, (8, 8)), partial(torch.optim.Adam, lr=1e-3))
+    trainer.fit(module, ImageDataModule(load_digits(), 64, seed=0))  # 29 batches an epoch
+    assert on_disk.seen == [(29, [28]), (58, [28, 57]), (87, [28, 57, 86])]
 
 
 def test_sigterm_saves_where_it_stopped_and_resumes(uninterrupted, tmp_path):
