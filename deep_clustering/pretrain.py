@@ -41,13 +41,13 @@ class AutoencoderModule(L.LightningModule):
         mean = self.epoch_loss.pop()  # the mean over the epoch's images, as self.log(on_epoch=True) gives
         if mean is None:
             return
-        mean = self.trainer.strategy.reduce(mean, reduce_op="mean")  # under DDP, over all processes' images
-        self.log("pretrain/recon", mean, prog_bar=True, logger=False)
+        mean = float(self.trainer.strategy.reduce(mean, reduce_op="mean"))  # under DDP, over all processes' images
+        self.log("pretrain/recon", mean, prog_bar=True, logger=False)  # a float: nothing left to sync
         # to the logger here, not through self.log: Lightning logs an epoch's self.log values after the
         # epoch-end checkpoint, so a run killed between the two would never log this epoch's loss;
         # LastCheckpoint flushes the loggers before it saves. The step and epoch are Lightning's own.
         for logger in self.loggers:
-            logger.log_metrics({"pretrain/recon": float(mean), "epoch": self.current_epoch}, self.global_step - 1)
+            logger.log_metrics({"pretrain/recon": mean, "epoch": self.current_epoch}, self.global_step - 1)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint saved mid-epoch (SIGTERM) carries the epoch's sum so far; one saved at an
