@@ -130,5 +130,9 @@ def test_chunks_do_not_change_the_result():
     x, _ = make_blobs(3000, 6, centers=7, cluster_std=3.0, random_state=0)
     x = torch.from_numpy(x).float()
     whole, chunked = kmeans(x, 7, n_init=4, seed=1), kmeans(x, 7, n_init=4, seed=1, chunk_size=256)
-    assert torch.equal(whole.labels, chunked.labels)
-    torch.testing.assert_close(whole.centers, chunked.centers, rtol=0, atol=1e-5)  # sums in another order
+    # the same partition, but perhaps another restart's labelling of it: two restarts here reach it with
+    # inertias 153784.45 and 153784.44, which of them is lower depends on the order of the sums (on the CPU)
+    pairs = torch.unique(torch.stack([whole.labels, chunked.labels]), dim=1)  # (2, pairs), sorted by whole's
+    assert pairs.shape[1] == 7, "a cluster of one run is split in the other"
+    torch.testing.assert_close(whole.centers, chunked.centers[pairs[1]], rtol=0, atol=1e-5)  # sums in another order
+    assert chunked.inertia == pytest.approx(whole.inertia, rel=1e-6)
