@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import adjusted_rand_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deep_clustering.data import load_digits
@@ -156,11 +157,16 @@ def test_image_folder_run_names_the_files(tmp_path):
 
 
 def test_two_processes_match_one(tmp_path, pretrained_digits):
-    """DDP on 2 CPU processes (gloo) against 1 process, both from the same pretrained autoencoder:
-    the same K-means centres, and a final ACC within 0.02."""
+    """DDP on 2 CPU processes (gloo) against 1 process, both from the same pretrained autoencoder and
+    with the same 64 images a step (refine.batch_size is per process): the same K-means centres, a
+    final ACC within 0.01 and the same clustering (ARI >= 0.97 between the two runs' predictions).
+
+    Measured on 2026-12-02: ACC 0.7947 and 0.7935, ARI 0.986. With 64 images a process (128 a step)
+    the two runs differ in their batch, not only in their processes: ACC 0.7947 and 0.7696, ARI 0.932.
+    """
     common = [f"pretrained={pretrained_digits}", "init.manifold=none", "seed=1"]
-    run_train(tmp_path / "one", *common)
-    run_train(tmp_path / "two", *common, "trainer=ddp", "trainer.devices=2")
+    run_train(tmp_path / "one", *common, "refine.batch_size=64")
+    run_train(tmp_path / "two", *common, "trainer=ddp", "trainer.devices=2", "refine.batch_size=32")
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert two["processes"] == 2 and one["processes"] == 1
     centers = [
@@ -170,8 +176,10 @@ def test_two_processes_match_one(tmp_path, pretrained_digits):
         for r in ("one", "two")
     ]
     torch.testing.assert_close(centers[0], centers[1], atol=1e-4, rtol=1e-4)
-    assert abs(one["acc"] - two["acc"]) <= 0.02, (one["acc"], two["acc"])
-    assert len(read_predictions(tmp_path / "two")) == 1797
+    assert abs(one["acc"] - two["acc"]) <= 0.01, (one["acc"], two["acc"])
+    clusters = [[int(row["cluster"]) for row in read_predictions(tmp_path / r)] for r in ("one", "two")]
+    assert len(clusters[1]) == 1797
+    assert adjusted_rand_score(*clusters) >= 0.97, adjusted_rand_score(*clusters)
 
 
 @pytest.mark.slow
