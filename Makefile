@@ -16,11 +16,14 @@ setup: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
+# the tests in parallel, a worker per core (4 at most); tests/conftest.py shares the cores' threads among them
+XDIST := -n auto --maxprocesses 4 --dist worksteal
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow $(XDIST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

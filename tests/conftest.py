@@ -10,7 +10,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DC_TEST_DATA", ROOT.parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# At most 2 threads a process, as the tests' figures were measured with. Under pytest-xdist (make test)
+# the cores are shared among the workers: on 2 cores each worker, and each train.py it starts, gets one
+# (2 workers of 2 threads each on 2 cores wait on each other's threads). Outside xdist, train.py and
+# Lightning choose theirs (Lightning's DDP: the cores divided among its processes).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, torch.get_num_threads() // WORKERS))
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)  # the processes the tests start
 
 
 def free_port() -> int:

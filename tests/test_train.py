@@ -157,18 +157,23 @@ def test_image_folder_run_names_the_files(tmp_path):
 
 
 def test_two_processes_match_one(tmp_path, pretrained_digits):
-    """DDP on 2 CPU processes (gloo) against 1 process, both from the same pretrained autoencoder and
-    with the same 64 images a step (refine.batch_size is per process): the same K-means centres, a
-    final ACC within 0.01 and the same clustering (ARI >= 0.97 between the two runs' predictions).
+    """DDP on 2 CPU processes (gloo) against 1 process, both from the same pretrained autoencoder, for
+    the same 300 refinement steps (10 refreshes of P) of the same 64 images (refine.batch_size is per
+    process): the same K-means centres, a final ACC within 0.005 and the same clustering (ARI >= 0.98
+    between the two runs' predictions).
 
-    Measured on 2026-12-02: ACC 0.7947 and 0.7935, ARI 0.986. With 64 images a process (128 a step)
-    the two runs differ in their batch, not only in their processes: ACC 0.7947 and 0.7696, ARI 0.932.
+    Measured on 2026-12-02 (AMD EPYC, 2 cores): ACC 0.7663 and 0.7674, ARI 0.995 with one thread a
+    process (make test's workers); 0.7780 and 0.7785, ARI 0.991 under a plain `pytest` (two threads for
+    one process, one each for two). With 64 images a process (128 a step) the runs differ in their
+    batch, not only in their processes: ACC 0.7529, ARI 0.938 (one thread). Run to tol instead, the two
+    runs stopped up to 300 steps apart and agreed to ARI 0.977-0.986 only.
     """
-    common = [f"pretrained={pretrained_digits}", "init.manifold=none", "seed=1"]
+    common = [f"pretrained={pretrained_digits}", "init.manifold=none", "seed=1", "refine.max_iters=300", "refine.tol=0"]
     run_train(tmp_path / "one", *common, "refine.batch_size=64")
     run_train(tmp_path / "two", *common, "trainer=ddp", "trainer.devices=2", "refine.batch_size=32")
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert two["processes"] == 2 and one["processes"] == 1
+    assert one["refine_iterations"] == two["refine_iterations"] == 300
     centers = [
         torch.load(tmp_path / r / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["state_dict"][
             "initial_centers"
@@ -176,10 +181,10 @@ def test_two_processes_match_one(tmp_path, pretrained_digits):
         for r in ("one", "two")
     ]
     torch.testing.assert_close(centers[0], centers[1], atol=1e-4, rtol=1e-4)
-    assert abs(one["acc"] - two["acc"]) <= 0.01, (one["acc"], two["acc"])
+    assert abs(one["acc"] - two["acc"]) <= 0.005, (one["acc"], two["acc"])
     clusters = [[int(row["cluster"]) for row in read_predictions(tmp_path / r)] for r in ("one", "two")]
     assert len(clusters[1]) == 1797
-    assert adjusted_rand_score(*clusters) >= 0.97, adjusted_rand_score(*clusters)
+    assert adjusted_rand_score(*clusters) >= 0.98, adjusted_rand_score(*clusters)
 
 
 @pytest.mark.slow
