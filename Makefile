@@ -16,14 +16,14 @@ setup: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
-# the tests in parallel, a worker per core (4 at most); tests/conftest.py shares the cores' threads among them
+# the default suite in parallel, a worker per core (4 at most); tests/conftest.py shares the cores' threads among them
 XDIST := -n auto --maxprocesses 4 --dist worksteal
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(XDIST)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow $(XDIST)
+	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
