@@ -203,25 +203,15 @@ def _ddp_tol_worker(rank: int, port: int, state: dict, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank), NODE_RANK="0")
     data = load_digits()
     dec = refinement(data, state, tol=0.05)
-    L.Trainer(
-        accelerator="cpu",
-        strategy="ddp",
-        devices=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # ImageDataModule shards the batches itself
-        max_steps=600,
-        max_epochs=-1,
-    ).fit(dec, ImageDataModule(data, 32, seed=0))  # 64 images a step over the two processes
+    # 64 images a process; ImageDataModule shards the batches itself
+    _fit(dec, data, strategy="ddp", devices=2, use_distributed_sampler=False, max_steps=600, max_epochs=-1)
     torch.save((dec.global_step, int(dec.n_refresh), float(dec.delta_label)), f"{out}/tol.{rank}")
 
 
 def test_under_ddp_both_processes_stop_by_tol_at_the_same_refresh(digits_autoencoder, tmp_path):
     """The share of labels changed is taken over the whole data set (every process embeds its share
     and gathers all codes), so both processes stop at the same refresh, before max_steps. In one
-    process the same refinement stops at step 60 (the third refresh), 3.2% of the labels changed."""
+    process of 64 images a step it stops at step 60 (the third refresh), 3.2% of the labels changed."""
     mp.spawn(_ddp_tol_worker, args=(free_port(), digits_autoencoder[1], str(tmp_path)), nprocs=2)
     ends = [torch.load(tmp_path / f"tol.{rank}") for rank in range(2)]
     assert ends[0] == ends[1], ends
