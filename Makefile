@@ -17,10 +17,8 @@ train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
 # the default suite in parallel, a worker per core (4 at most); tests/conftest.py shares the cores' threads among them
-XDIST := -n auto --maxprocesses 4 --dist worksteal
-
 test: $(STAMP)
-	$(PY) -m pytest -q $(XDIST)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
