@@ -58,6 +58,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "n_samples": runs[0]["n_samples"],
         "seeds": list(seed_list),
+        "refine_iterations": [r["refine_iterations"] for r in runs],  # fewer where tol stopped a run early
     }
     for key in ("acc", "nmi", "ari", "seconds"):
         values = [r["seconds"]["total"] if key == "seconds" else r[key] for r in runs]
