@@ -23,8 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from deep_clustering import pipeline, runs
-from deep_clustering.config import check_config, reference_config
+from deep_clustering import runs
 from deep_clustering.errors import InputError, TrainingError
 
 log = logging.getLogger("deep_clustering")
@@ -40,6 +39,11 @@ def main(cfg: DictConfig) -> float:
     started = START if START is not None else time.perf_counter()
     START = None  # each later job of a multirun starts its clock when it starts
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # torch and Lightning (about 9 s to import on 2 cores) only once Hydra has read the command line:
+    # a mistyped override, --help or a refused resume= answers in about a second
+    from deep_clustering import pipeline
+    from deep_clustering.config import check_config, reference_config
+
     try:
         choices = dict(HydraConfig.get().runtime.choices)
         if cfg.resume:
