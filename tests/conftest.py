@@ -61,5 +61,5 @@ def run_train(
 def pretrained_digits(tmp_path_factory) -> Path:
     """One short pretraining on digits, shared by the tests that start from a pretrained autoencoder."""
     run_dir = tmp_path_factory.mktemp("pretrained") / "run"
-    run_train(run_dir, "pretrain.epochs=30", "refine.max_iters=1")
+    run_train(run_dir, "pretrain.epochs=30", "refine.max_iters=1", "init.manifold=none")
     return run_dir

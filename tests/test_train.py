@@ -91,7 +91,13 @@ def test_refinement_without_augmentation_refines_on_clean_images(tmp_path, pretr
 
 
 def test_dec_mode_drops_the_decoder(tmp_path, pretrained_digits):
-    run_train(tmp_path / "run", f"pretrained={pretrained_digits}", "refine.recon=false", "refine.max_iters=20")
+    run_train(
+        tmp_path / "run",
+        f"pretrained={pretrained_digits}",
+        "refine.recon=false",
+        "refine.max_iters=20",
+        "init.manifold=none",
+    )
     state = torch.load(tmp_path / "run" / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(k.startswith("encoder.") for k in state) and not any(k.startswith("decoder.") for k in state)
 
