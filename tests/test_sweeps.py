@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from deep_clustering.summarize import main as summarize
 from tests.conftest import ROOT
 
-QUICK = ["pretrain.epochs=10", "refine.max_iters=40", "refine.update_interval=10", "init.manifold=none"]
+# short jobs: what a sweep does with them is tested here, not their accuracy
+QUICK = ["pretrain.epochs=3", "refine.max_iters=40", "refine.update_interval=10", "init.manifold=none"]
 
 
 def multirun(sweep_dir: Path, *overrides: str) -> None:
@@ -79,7 +80,7 @@ def test_k_sweep_finds_the_true_number_of_clusters(tmp_path, capsys):
     x = np.concatenate([np.clip(p + gen.normal(0, 0.05, (60, 8, 8)), 0, 1) for p in prototypes]).astype(np.float32)
     np.savez(tmp_path / "blobs.npz", x_train=x)
     sweep = tmp_path / "sweep"
-    # 30 pretraining epochs (4 steps each): after QUICK's 10, codes this raw let DEC's refinement merge
+    # 30 pretraining epochs (4 steps each): after 10, codes this raw let DEC's refinement merge
     # blobs that K-means on the codes had apart (silhouette 0.64-0.84 at K=4 for seeds 0-2, 0.98 after 30)
     quick = [o for o in QUICK if not o.startswith("pretrain.epochs=")] + ["pretrain.epochs=30"]
     multirun(sweep, "n_clusters=3,4,5,6", "data=npz", f"data.path={tmp_path / 'blobs.npz'}", *quick)

@@ -73,35 +73,6 @@ def test_default_digits_run_reaches_its_accuracy(tmp_path):
     assert m["stopped_by"] == "tol"
 
 
-def test_pretrained_autoencoder_is_reused(tmp_path, pretrained_digits):
-    run_train(tmp_path / "run", f"pretrained={pretrained_digits}", "refine.max_iters=20", "init.manifold=none")
-    m = read_metrics(tmp_path / "run")
-    assert m["seconds"]["pretrain"] < 1 and not (tmp_path / "run" / "autoencoder.pt").exists()
-    assert m["acc"] > 0.5
-
-
-def test_refinement_without_augmentation_refines_on_clean_images(tmp_path, pretrained_digits):
-    """refine.augment=false: the refinement sees the clean images whatever augment.* says."""
-    quick = [f"pretrained={pretrained_digits}", "refine.max_iters=30", "init.manifold=none", "baselines=[]"]
-    augment = ["augment.shift=0.2", "augment.rotation=20"]
-    for name, extra in [("off", [*augment, "refine.augment=false"]), ("clean", []), ("on", augment)]:
-        run_train(tmp_path / name, *quick, *extra)
-    off, clean, on = ([r["cluster"] for r in read_predictions(tmp_path / n)] for n in ("off", "clean", "on"))
-    assert off == clean and off != on
-
-
-def test_dec_mode_drops_the_decoder(tmp_path, pretrained_digits):
-    run_train(
-        tmp_path / "run",
-        f"pretrained={pretrained_digits}",
-        "refine.recon=false",
-        "refine.max_iters=20",
-        "init.manifold=none",
-    )
-    state = torch.load(tmp_path / "run" / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["state_dict"]
-    assert any(k.startswith("encoder.") for k in state) and not any(k.startswith("decoder.") for k in state)
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

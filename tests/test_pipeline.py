@@ -1,0 +1,43 @@
+"""The run's options, in this process through the estimator: the same config checks and
+`pipeline.train` as `python train.py`, without a fresh process's 9 s of imports."""
+
+import numpy as np
+import pytest
+import torch
+
+from deep_clustering.api import DeepClustering
+from deep_clustering.data import load_digits
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    return d.images[:, 0].numpy(), d.labels.numpy()  # what data=digits gives train.py: floats in [0, 1]
+
+
+def fit(digits, run_dir, *overrides: str) -> DeepClustering:
+    return DeepClustering(overrides=["init.manifold=none", *overrides], run_dir=str(run_dir)).fit(*digits)
+
+
+def test_pretrained_autoencoder_is_reused(digits, pretrained_digits, tmp_path):
+    model = fit(digits, tmp_path / "run", f"pretrained={pretrained_digits}", "refine.max_iters=20")
+    assert model.metrics_["seconds"]["pretrain"] < 1 and not (tmp_path / "run" / "autoencoder.pt").exists()
+    assert model.metrics_["acc"] > 0.5
+
+
+def test_refinement_without_augmentation_refines_on_clean_images(digits, pretrained_digits, tmp_path):
+    """refine.augment=false: the refinement sees the clean images whatever augment.* says."""
+    quick = [f"pretrained={pretrained_digits}", "refine.max_iters=30", "baselines=[]"]
+    augment = ["augment.shift=0.2", "augment.rotation=20"]
+    runs = {
+        name: fit(digits, tmp_path / name, *quick, *extra).labels_
+        for name, extra in [("off", [*augment, "refine.augment=false"]), ("clean", []), ("on", augment)]
+    }
+    np.testing.assert_array_equal(runs["off"], runs["clean"])
+    assert (runs["off"] != runs["on"]).any()
+
+
+def test_dec_mode_drops_the_decoder(digits, pretrained_digits, tmp_path):
+    fit(digits, tmp_path / "run", f"pretrained={pretrained_digits}", "refine.recon=false", "refine.max_iters=20")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(k.startswith("encoder.") for k in state) and not any(k.startswith("decoder.") for k in state)
