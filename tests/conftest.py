@@ -1,3 +1,4 @@
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DC_TEST_DATA", ROOT.parent / "shared" / "data"))
@@ -19,6 +21,23 @@ THREADS = max(1, min(2, torch.get_num_threads() // WORKERS))
 torch.set_num_threads(THREADS)
 if WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)  # the processes the tests start
+
+
+# the processes of spawn() below fork from one server process per pytest worker that has imported these
+multiprocessing.set_forkserver_preload(["torch", "lightning", "deep_clustering.pipeline"])
+
+
+def spawn(fn, *args) -> None:
+    """fn(rank, *args) in two processes, as torch.multiprocessing.spawn starts them but forked from a
+    server that imported torch and Lightning once: each test's processes skip those 9 s of imports."""
+    mp.start_processes(_as_launched, args=(fn, *args), nprocs=2, start_method="forkserver")
+
+
+def _as_launched(rank: int, fn, *args) -> None:
+    """fn in a process that starts its own (DataLoader workers) by fork, as one that Lightning's DDP or
+    torchrun launched does on Linux; a forkserver's child would start another server (8 s of imports)."""
+    multiprocessing.set_start_method("fork", force=True)
+    fn(rank, *args)
 
 
 def free_port() -> int:

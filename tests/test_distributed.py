@@ -4,11 +4,10 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from deep_clustering.data import DiskImages, ImageSet
 from deep_clustering.distributed import embed_all, gather_rows
-from tests.conftest import free_port
+from tests.conftest import free_port, spawn
 
 IMAGES = torch.arange(7 * 4, dtype=torch.uint8).view(7, 1, 2, 2) * 9  # 7 images of 2x2 pixels
 
@@ -34,7 +33,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def test_gather_rows_and_embed_all_across_two_processes(tmp_path):
     out = str(tmp_path / "result")
     IMAGES.numpy().tofile(f"{out}.u8")
-    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2)
+    spawn(_worker, 2, free_port(), out)
     results = [torch.load(f"{out}.{r}") for r in range(2)]
     for r in results:
         # sample 3 belongs to nobody: its row is whatever was there, the others are in place

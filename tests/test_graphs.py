@@ -11,14 +11,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from deep_clustering.data import ImageDataModule, ImageSet, load_digits
 from deep_clustering.kmeans import KMeansInit
 from deep_clustering.models import ConvAutoencoder
 from deep_clustering.pretrain import AutoencoderModule
 from deep_clustering.refine import DECModule
-from tests.conftest import free_port
+from tests.conftest import free_port, spawn
 
 
 def _fit(module: L.LightningModule, data, tmp_path, accelerator: str, **options) -> L.Trainer:
@@ -101,7 +100,7 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
 def test_graphed_steps_under_ddp_average_the_gradients_as_ddp_does(tmp_path):
     # two processes, each on its half of the digits: the graphed path leaves Lightning's DDP wrapper
     # idle and all-reduces the gradients itself; without that the two processes drift apart
-    mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    spawn(_ddp_worker, free_port(), str(tmp_path))
     results = [torch.load(tmp_path / f"result.{rank}") for rank in range(2)]
     for result in results:
         assert result[False][:2] == result[True][:2] == (15, 25)  # 899 digits a process at 64 a batch

@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-import torch.multiprocessing as mp
 from lightning.pytorch.loggers import Logger
 
 from deep_clustering.callbacks import LastCheckpoint
@@ -18,7 +17,7 @@ from deep_clustering.metrics import external_metrics
 from deep_clustering.models import ConvAutoencoder
 from deep_clustering.pretrain import AutoencoderModule
 from deep_clustering.refine import DECModule
-from tests.conftest import free_port
+from tests.conftest import free_port, spawn
 
 
 def _fit(module: L.LightningModule, data, **limits) -> None:
@@ -192,7 +191,7 @@ def _ddp_worker(rank: int, port: int, state: dict, out: str) -> None:
 def test_under_ddp_a_run_resumed_between_refreshes_logs_and_predicts_as_one_never_stopped(digits_autoencoder, tmp_path):
     """Two processes, each its half of the digits, one checkpoint (process 0 writes it): both resume
     from it to the same labels and log the same mean losses (over both processes) as an uninterrupted run."""
-    mp.spawn(_ddp_worker, args=(free_port(), digits_autoencoder[1], str(tmp_path)), nprocs=2)
+    spawn(_ddp_worker, free_port(), digits_autoencoder[1], str(tmp_path))
     for rank in range(2):
         whole, resumed = torch.load(tmp_path / f"result.{rank}")
         assert_resumed_as_whole(whole, resumed)
@@ -212,7 +211,7 @@ def test_under_ddp_both_processes_stop_by_tol_at_the_same_refresh(digits_autoenc
     """The share of labels changed is taken over the whole data set (every process embeds its share
     and gathers all codes), so both processes stop at the same refresh, before max_steps. In one
     process of 64 images a step it stops at step 60 (the third refresh), 3.2% of the labels changed."""
-    mp.spawn(_ddp_tol_worker, args=(free_port(), digits_autoencoder[1], str(tmp_path)), nprocs=2)
+    spawn(_ddp_tol_worker, free_port(), digits_autoencoder[1], str(tmp_path))
     ends = [torch.load(tmp_path / f"tol.{rank}") for rank in range(2)]
     assert ends[0] == ends[1], ends
     step, refreshes, delta = ends[0]
