@@ -23,19 +23,9 @@ from deep_clustering.pretrain import AutoencoderModule
 from tests.conftest import ROOT, run_train
 
 
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory) -> list[str]:
-    """The first 900 of scikit-learn's digits as an .npz (15 batches an epoch), pretraining long
-    enough and a t-SNE initialisation (seconds) to kill each stage reliably."""
-    digits, path = load_digits(), tmp_path_factory.mktemp("data") / "digits900.npz"
-    np.savez(path, x_train=digits.images[:900, 0].numpy(), y_train=digits.labels[:900].numpy())
-    overrides = ["pretrain.epochs=12", "refine.update_interval=10", "refine.max_iters=120", "refine.tol=0"]
-    return ["data=npz", f"data.path={path}", *overrides, "init.manifold=tsne"]
-
-
-def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+def start(run_dir: Path, *overrides: str, warnings: str = "ignore") -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": warnings}
     return subprocess.Popen(
         [*cmd, *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -68,36 +58,77 @@ def scalars(run_dir: Path, tag: str) -> dict[int, float]:
     return {e.step: e.value for e in events.Scalars(tag)}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, settings) -> Path:
-    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    run_train(run_dir, *settings)
-    return run_dir
+def killed(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> str:
+    """Send `sig` to the run; its stderr once it has ended."""
+    proc.send_signal(sig)
+    return proc.communicate(timeout=120)[1]
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "kmeans", "refine"])
-def test_sigkill_in_each_stage_then_resume_matches_uninterrupted(stage, uninterrupted, settings, tmp_path):
-    """Also the same seed gives the same predictions twice: resumed after its first epoch, a run
-    repeats all the rest of the uninterrupted run."""
-    run_dir = tmp_path / "run"
+def test_a_run_interrupted_in_each_stage_resumes_to_the_uninterrupted_run(tmp_path):
+    """One run, resumed after each of four interruptions: SIGKILL after pretraining's first epoch,
+    SIGTERM in the middle of a later epoch (the run saves there), SIGKILL inside the t-SNE + K-means
+    initialisation, SIGKILL mid-epoch in refinement. It ends with the uninterrupted run's predictions
+    and logged losses. (The first resume repeats all but the first epoch of the uninterrupted run: the
+    same seed gives the same run twice.)
+
+    The first 900 of scikit-learn's digits (15 batches an epoch), pretraining long enough and a t-SNE
+    initialisation (seconds) to interrupt each stage reliably."""
+    digits = load_digits()
+    np.savez(tmp_path / "digits900.npz", x_train=digits.images[:900, 0].numpy(), y_train=digits.labels[:900].numpy())
+    settings = [
+        "data=npz",
+        f"data.path={tmp_path / 'digits900.npz'}",
+        "pretrain.epochs=12",
+        "refine.update_interval=10",
+        "refine.max_iters=120",
+        "refine.tol=0",
+        "init.manifold=tsne",
+        "checkpoint.min_interval_s=0",  # last.ckpt at every epoch's end, not at most every 30 s
+    ]
+    uninterrupted = tmp_path / "uninterrupted"
+    run_train(uninterrupted, *settings)
+    run_dir, resume = tmp_path / "run", f"resume={tmp_path / 'run'}"
+    ckpt = run_dir / "checkpoints" / "pretrain" / "last.ckpt"
+    refine_ckpt = run_dir / "checkpoints" / "refine" / "last.ckpt"
+
     proc = start(run_dir, *settings)
-    if stage == "pretrain":  # after the first epoch's checkpoint, long before the 12th epoch
-        wait_for(lambda: (run_dir / "checkpoints" / "pretrain" / "last.ckpt").exists(), proc)
-    elif stage == "kmeans":  # inside the t-SNE + K-means initialisation
-        wait_for(in_log(run_dir, "stage 2-3/4"), proc)
-        time.sleep(1.0)
-    else:  # mid-epoch of refinement: checkpoints every 10 steps, 15 batches an epoch
-        wait_for(lambda: (run_dir / "checkpoints" / "refine" / "last.ckpt").exists(), proc)
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "metrics.json").exists()
-    assert (run_dir / "autoencoder.pt").exists() == (stage != "pretrain")
-    assert (run_dir / "checkpoints" / "refine" / "last.ckpt").exists() == (stage == "refine")
-    run_train(run_dir, f"resume={run_dir}")
+    wait_for(lambda: saved_at(ckpt) > 0, proc)  # the first epoch's checkpoint, long before the 12th epoch
+    killed(proc)
+    assert not (run_dir / "autoencoder.pt").exists() and not (run_dir / "metrics.json").exists()
+
+    proc, previous = start(run_dir, resume), saved_at(ckpt)
+    wait_for(lambda: saved_at(ckpt) > previous + 0.05, proc)  # this run's first save, not the last one's
+    first = saved_at(ckpt)
+    wait_for(lambda: saved_at(ckpt) > first + 0.05, proc)  # the next epoch's save, not the same save's last write
+    second = saved_at(ckpt)
+    # halfway through the epoch after: the signal's checkpoint lands mid-epoch however fast epochs run
+    time.sleep(max(0.0, second + (second - first) / 2 - time.time()))
+    err = killed(proc, signal.SIGTERM)
+    assert proc.returncode != 0
+    assert err.strip().splitlines()[-1] == f"stopped by SIGTERM; continue with: python train.py {resume}"
+    assert torch.load(ckpt, weights_only=True)["global_step"] % 15 != 0  # mid-epoch: 900 images, 15 batches of 64
+
+    proc = start(run_dir, resume, warnings="default")
+    wait_for(in_log(run_dir, "stage 2-3/4"), proc)  # inside the t-SNE + K-means initialisation
+    time.sleep(1.0)
+    err = killed(proc)
+    assert (run_dir / "autoencoder.pt").exists() and not refine_ckpt.exists()
+    # resumed mid-epoch, no warnings at all; in particular not Lightning's "ended before the epoch
+    # ended ... unreliable results", which is wrong here: the sampler skips the batches already trained on
+    warned = [line for line in err.splitlines() if re.match(r"\S+\.py:\d+: ", line)]
+    assert not warned, warned
+
+    proc = start(run_dir, resume)
+    wait_for(lambda: saved_at(refine_ckpt) > 0, proc)  # mid-epoch of refinement: saves every 10 steps
+    time.sleep(0.5)
+    killed(proc)
+    assert refine_ckpt.exists() and not (run_dir / "metrics.json").exists()
+
+    run_train(run_dir, resume)
     assert (run_dir / "predictions.csv").read_text() == (uninterrupted / "predictions.csv").read_text()
     assert (run_dir / ".hydra" / "config.yaml").read_text() == (uninterrupted / ".hydra" / "config.yaml").read_text()
-    for tag in ["pretrain/recon", "refine/kl", "refine/recon"]:  # the mean losses logged: the same
+    # the mean losses logged: the same, the interrupted epochs' too (not only their second part)
+    for tag in ["pretrain/recon", "refine/kl", "refine/recon"]:
         assert scalars(run_dir, tag) == pytest.approx(scalars(uninterrupted, tag), rel=1e-5), tag
 
 
@@ -137,32 +168,6 @@ def test_each_epochs_loss_is_on_disk_before_its_checkpoint(tmp_path):
     assert on_disk.seen == [(29, [28]), (58, [28, 57]), (87, [28, 57, 86])]
 
 
-def test_sigterm_saves_where_it_stopped_and_resumes(uninterrupted, settings, tmp_path):
-    run_dir = tmp_path / "run"
-    ckpt = run_dir / "checkpoints" / "pretrain" / "last.ckpt"
-    proc = start(run_dir, *settings, "checkpoint.min_interval_s=0")  # last.ckpt at every epoch's end
-    wait_for(lambda: saved_at(ckpt) > 0, proc)
-    first = saved_at(ckpt)
-    wait_for(lambda: saved_at(ckpt) > first + 0.05, proc)  # the next epoch's save, not the same save's last write
-    second = saved_at(ckpt)
-    # halfway through the epoch after: the signal's checkpoint lands mid-epoch however fast epochs run
-    time.sleep(max(0.0, second + (second - first) / 2 - time.time()))
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert err.strip().splitlines()[-1] == f"stopped by SIGTERM; continue with: python train.py resume={run_dir}"
-    step = torch.load(run_dir / "checkpoints" / "pretrain" / "last.ckpt", weights_only=True)["global_step"]
-    assert step % 15 != 0  # mid-epoch: 900 images make 15 batches of 64
-    resumed = run_train(run_dir, f"resume={run_dir}", warnings="default")
-    assert (run_dir / "predictions.csv").read_text() == (uninterrupted / "predictions.csv").read_text()
-    # every epoch's mean loss as in the uninterrupted run, the interrupted epoch's too (not only its second part)
-    assert scalars(run_dir, "pretrain/recon") == pytest.approx(scalars(uninterrupted, "pretrain/recon"), rel=1e-5)
-    # no warnings at all; in particular not Lightning's "ended before the epoch ended ... unreliable
-    # results", which is wrong here: the sampler skips the batches already trained on
-    warned = [line for line in resumed.stderr.splitlines() if re.match(r"\S+\.py:\d+: ", line)]
-    assert not warned, warned
-
-
 def test_nan_loss_stops_at_that_step_naming_the_stage(tmp_path):
     proc = run_train(tmp_path / "run", "pretrain.optimizer.lr=1e30", check=False)
     assert proc.returncode != 0
@@ -183,11 +188,11 @@ def test_nan_loss_stops_at_that_step_naming_the_stage(tmp_path):
         ("interrupted", ["seed=5"], "resume={run} continues with the run's own config"),
     ],
 )
-def test_bad_resume_is_refused(uninterrupted, tmp_path, setup, overrides, message):
-    run = {"nothing": tmp_path / "nothing", "finished": uninterrupted, "interrupted": tmp_path / "cut"}[setup]
+def test_bad_resume_is_refused(pretrained_digits, tmp_path, setup, overrides, message):
+    run = {"nothing": tmp_path / "nothing", "finished": pretrained_digits, "interrupted": tmp_path / "cut"}[setup]
     if setup == "interrupted":
         (run / ".hydra").mkdir(parents=True)
-        (run / ".hydra" / "config.yaml").write_text((uninterrupted / ".hydra" / "config.yaml").read_text())
+        (run / ".hydra" / "config.yaml").write_text((pretrained_digits / ".hydra" / "config.yaml").read_text())
     before = sorted(p.name for p in run.iterdir()) if run.exists() else None
     proc = run_train(None, f"resume={run}", *overrides, check=False)
     assert proc.returncode != 0
@@ -195,10 +200,10 @@ def test_bad_resume_is_refused(uninterrupted, tmp_path, setup, overrides, messag
     assert (sorted(p.name for p in run.iterdir()) if run.exists() else None) == before  # nothing written
 
 
-def test_resume_elsewhere_is_refused(uninterrupted, tmp_path):
+def test_resume_elsewhere_is_refused(pretrained_digits, tmp_path):
     run = tmp_path / "cut"
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text((uninterrupted / ".hydra" / "config.yaml").read_text())
+    (run / ".hydra" / "config.yaml").write_text((pretrained_digits / ".hydra" / "config.yaml").read_text())
     proc = run_train(tmp_path / "elsewhere", f"resume={run}", check=False)
     assert (
         proc.stderr.strip().splitlines()[-1]
