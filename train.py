@@ -39,9 +39,8 @@ def main(cfg: DictConfig) -> float:
     started = START if START is not None else time.perf_counter()
     START = None  # each later job of a multirun starts its clock when it starts
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    # torch and Lightning (about 9 s to import on 2 cores) only once Hydra has read the command line:
-    # a mistyped override, --help or a refused resume= answers in about a second
-    from deep_clustering import pipeline
+    # torch and Lightning (about 9 s to import on 2 cores) only once Hydra has read the command line
+    # and the config is checked: a mistyped key, a refused resume= or a bad value answers in seconds
     from deep_clustering.config import check_config, reference_config
 
     try:
@@ -50,6 +49,8 @@ def main(cfg: DictConfig) -> float:
             cfg, choices = runs.resumed_config(cfg, list(HydraConfig.get().overrides.task), run_dir, choices)
             log.info("resuming the run in %s", run_dir)
         check_config(cfg, reference_config(choices))
+        from deep_clustering import pipeline
+
         result = pipeline.train(cfg, instantiate(cfg.data, _convert_="all"), run_dir, started)
     except Exception as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) else e

@@ -4,11 +4,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from deep_clustering.config import BASELINES
 from deep_clustering.errors import InputError
 from deep_clustering.kmeans import kmeans
 from deep_clustering.metrics import external_metrics, internal_metrics
-
-NAMES = ("kmeans", "gmm", "hdbscan")
 
 
 def cluster_codes(name: str, codes: Tensor, n_clusters: int, seed: int = 0) -> Tensor:
@@ -30,7 +29,7 @@ def cluster_codes(name: str, codes: Tensor, n_clusters: int, seed: int = 0) -> T
         labels = HDBSCAN(min_cluster_size=max(5, len(x) // (20 * n_clusters)), copy=True).fit_predict(x)
         labels = np.where(labels < 0, labels.max() + 1, labels)
     else:
-        raise InputError(f"baselines: unknown clusterer {name!r} (known: {', '.join(NAMES)})")
+        raise InputError(f"baselines: unknown clusterer {name!r} (known: {', '.join(BASELINES)})")
     return torch.from_numpy(labels).long().to(codes.device)
 
 

@@ -8,8 +8,17 @@ import hydra
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from deep_clustering import baselines, kmeans, refine
 from deep_clustering.errors import InputError, either
+
+# the values of some keys, here so that checking a config imports neither torch nor Lightning (their
+# modules check them too, for use from Python)
+BASELINES = ("kmeans", "gmm", "hdbscan")  # baselines: the clusterers baselines.py runs on the codes
+INIT_CHOICES = {  # init.*: what kmeans.KMeansInit accepts
+    "backend": ("auto", "torch", "sklearn"),
+    "manifold": ("auto", "none", "tsne"),
+    "clusterer": ("kmeans", "gmm"),
+}
+FIRST_TARGETS = ("q", "labels")  # refine.first_target
 
 
 def check_config(cfg: DictConfig, reference: DictConfig) -> None:
@@ -41,7 +50,7 @@ def is_whole(v: Any) -> bool:
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_clusters": (lambda v: v >= 2, "at least 2"),
-    "baselines": (lambda v: all(name in baselines.NAMES for name in v), f"a list of {', '.join(baselines.NAMES)}"),
+    "baselines": (lambda v: all(name in BASELINES for name in v), f"a list of {', '.join(BASELINES)}"),
     "data.image_size": (
         lambda v: len(v) == 2 and all(is_whole(s) and s >= 1 for s in v),
         "[height, width], each 1 or more",
@@ -56,7 +65,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pretrain.batch_size": (lambda v: v >= 1, "at least 1"),
     "pretrain.optimizer.lr": (lambda v: v > 0, "positive"),
     "init.n_init": (lambda v: v >= 1, "at least 1"),
-    **{f"init.{key}": (lambda v, c=choices: v in c, either(choices)) for key, choices in kmeans.CHOICES.items()},
+    **{f"init.{key}": (lambda v, c=choices: v in c, either(choices)) for key, choices in INIT_CHOICES.items()},
     "refine.batch_size": (lambda v: v >= 1, "at least 1"),
     "refine.optimizer.lr": (lambda v: v > 0, "positive"),
     "refine.gamma": (lambda v: v >= 0, "0 or more"),
@@ -64,7 +73,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "refine.update_interval": (lambda v: v >= 1, "at least 1"),
     "refine.tol": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1"),
     "refine.max_iters": (lambda v: v >= 1, "at least 1"),
-    "refine.first_target": (lambda v: v in refine.FIRST_TARGETS, either(refine.FIRST_TARGETS)),
+    "refine.first_target": (lambda v: v in FIRST_TARGETS, either(FIRST_TARGETS)),
 }
 
 

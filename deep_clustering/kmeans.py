@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from deep_clustering.config import INIT_CHOICES
 from deep_clustering.errors import InputError, TrainingError, either
 
 
@@ -146,8 +147,8 @@ class KMeansInit:
         manifold_samples: int = 20000,
     ):
         for key, value in (("backend", backend), ("manifold", manifold), ("clusterer", clusterer)):
-            if value not in CHOICES[key]:
-                raise InputError(f"init.{key}={value!r} must be {either(CHOICES[key])}")
+            if value not in INIT_CHOICES[key]:
+                raise InputError(f"init.{key}={value!r} must be {either(INIT_CHOICES[key])}")
         self.n_clusters, self.n_init, self.seed = n_clusters, n_init, seed
         self.backend, self.manifold, self.clusterer = backend, manifold, clusterer
         self.manifold_samples = manifold_samples
@@ -229,8 +230,3 @@ def reseed_empty(z: Tensor, centers: Tensor) -> tuple[Tensor, list[int]]:
 
 
 MANIFOLD_MAX_SAMPLES = 20000  # above this, 'auto' skips the t-SNE map (minutes on a CPU)
-CHOICES = {  # init.* values KMeansInit accepts
-    "backend": ("auto", "torch", "sklearn"),
-    "manifold": ("auto", "none", "tsne"),
-    "clusterer": ("kmeans", "gmm"),
-}

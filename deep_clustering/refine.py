@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from deep_clustering import graphs
+from deep_clustering.config import FIRST_TARGETS
 from deep_clustering.data import ImageSet
 from deep_clustering.distributed import embed_all
 from deep_clustering.errors import InputError, either
@@ -30,7 +31,6 @@ from deep_clustering.running import RunningMean
 from deep_clustering.visualize import log_refresh
 
 log = logging.getLogger("deep_clustering")
-FIRST_TARGETS = ("q", "labels")  # refine.first_target's choices
 
 
 def warn_if_collapsed(sizes: list[int], where: str) -> None:
