@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from deep_clustering import runs
+from deep_clustering.config import check_config, reference_config
 from deep_clustering.errors import InputError, TrainingError
 
 log = logging.getLogger("deep_clustering")
@@ -39,16 +40,14 @@ def main(cfg: DictConfig) -> float:
     started = START if START is not None else time.perf_counter()
     START = None  # each later job of a multirun starts its clock when it starts
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    # torch and Lightning (about 9 s to import on 2 cores) only once Hydra has read the command line
-    # and the config is checked: a mistyped key, a refused resume= or a bad value answers in seconds
-    from deep_clustering.config import check_config, reference_config
-
     try:
         choices = dict(HydraConfig.get().runtime.choices)
         if cfg.resume:
             cfg, choices = runs.resumed_config(cfg, list(HydraConfig.get().overrides.task), run_dir, choices)
             log.info("resuming the run in %s", run_dir)
         check_config(cfg, reference_config(choices))
+        # torch and Lightning (about 9 s to import on 2 cores) only now: a mistyped key, a refused
+        # resume= or a bad config value answers in seconds
         from deep_clustering import pipeline
 
         result = pipeline.train(cfg, instantiate(cfg.data, _convert_="all"), run_dir, started)

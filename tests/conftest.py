@@ -77,6 +77,15 @@ def run_train(
 
 
 @pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits as arrays: (N, 8, 8) floats in [0, 1] (what data=digits gives train.py), labels."""
+    from deep_clustering.data import load_digits  # here: Lightning stays out of pytest-xdist's main process
+
+    d = load_digits()
+    return d.images[:, 0].numpy(), d.labels.numpy()
+
+
+@pytest.fixture(scope="session")
 def pretrained_digits(tmp_path_factory) -> Path:
     """One short pretraining on digits, shared by the tests that start from a pretrained autoencoder."""
     run_dir = tmp_path_factory.mktemp("pretrained") / "run"

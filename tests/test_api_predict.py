@@ -22,12 +22,6 @@ from tests.conftest import ROOT, run_train
 QUICK = ["pretrain.epochs=10", "refine.max_iters=40", "refine.update_interval=10", "init.manifold=none"]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    d = load_digits()
-    return d.images[:, 0].numpy(), d.labels.numpy()  # (N, 8, 8) floats in [0, 1]
-
-
 def test_estimator_fit_predict_transform_load(digits, tmp_path):
     x, y = digits
     x = (x * 255).round().astype(np.uint8)  # 8-bit images, as most arrays of images are

@@ -2,17 +2,9 @@
 `pipeline.train` as `python train.py`, without a fresh process's 9 s of imports."""
 
 import numpy as np
-import pytest
 import torch
 
 from deep_clustering.api import DeepClustering
-from deep_clustering.data import load_digits
-
-
-@pytest.fixture(scope="module")
-def digits():
-    d = load_digits()
-    return d.images[:, 0].numpy(), d.labels.numpy()  # what data=digits gives train.py: floats in [0, 1]
 
 
 def fit(digits, run_dir, *overrides: str) -> DeepClustering:
