@@ -153,7 +153,9 @@ def log_final(
         experiment.add_embedding(codes, meta, thumbs.expand(-1, 3, -1, -1), step, tag="latent", metadata_header=header)
     maps = {"pca": pca_2d(codes)}
     n = min(len(codes), 500)  # t-SNE costs seconds per thousand points
-    maps["tsne"] = torch.from_numpy(tsne_map(codes[:n].numpy(), 0))
+    # 500 iterations at 3x scikit-learn's step size: half the time of its defaults, as close a map
+    # (on 500 digits' codes: 1.2-1.3 s against 2.4-2.7 s, KL 0.525 against 0.517)
+    maps["tsne"] = torch.from_numpy(tsne_map(codes[:n].numpy(), 0, iters=500, lr_scale=3.0))
     try:  # a package folder named umap without umap-learn in it (left by an uninstall) fails here too
         from umap import UMAP
     except ImportError:

@@ -95,6 +95,8 @@ def test_optimizers_and_init_instantiate():
         ("refine.recon=3", "refine.recon=3: expected bool"),
         ("init.manifold=umap", "init.manifold=umap is out of range: it must be auto, none or tsne"),
         ("refine.first_target=gmm", "refine.first_target=gmm is out of range: it must be q or labels"),
+        ("init.tsne_iters=100", "init.tsne_iters=100 is out of range: it must be a whole number, at least 250"),
+        ("init.tsne_lr_scale=0", "init.tsne_lr_scale=0 is out of range: it must be positive"),
     ],
 )
 def test_check_config_refuses(override, message):
