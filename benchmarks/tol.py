@@ -1,0 +1,97 @@
+"""Where each seed of a finished sweep would have stopped under a larger `refine.tol`, read from its logs.
+
+    python benchmarks/tol.py --sweep multirun/seeds-digits_default-DATE --name digits_default
+
+A run with a larger tol follows the same steps as the one logged and stops at the first refresh of
+P after the first where fewer than tol of the labels changed; the clustering it would then report
+is the one that refresh logged (`val/acc`, `val/nmi`, `val/ari`: the labels of Q at that refresh,
+which the final evaluation recomputes from the same weights). So one sweep at the smallest tol gives
+the accuracy and the refinement steps of every larger one, without running them again. Needs the
+refreshes' metrics against labels in each seed's TensorBoard logs (`SWEEP/SEED/tensorboard`).
+Checks that the logs reproduce each run's own `metrics.json` at the tol it ran with. Writes
+benchmarks/results/tol-NAME.json.
+"""
+
+import argparse
+import datetime
+import json
+import statistics
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+TAGS = ("refine/delta_label", "val/acc", "val/nmi", "val/ari")
+
+
+def refreshes(run: Path) -> dict[str, dict[int, float]]:
+    """Each tag of TAGS: {step: value} over every refresh of P the run logged."""
+    found: dict[str, dict[int, float]] = {tag: {} for tag in TAGS}
+    for events in sorted((run / "tensorboard").glob("events.out.tfevents.*")):
+        log = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        log.Reload()
+        for tag in set(TAGS) & set(log.Tags()["scalars"]):
+            found[tag].update({e.step: e.value for e in log.Scalars(tag)})
+    missing = [tag for tag, values in found.items() if not values]
+    if missing:
+        raise SystemExit(f"{run}: no {', '.join(missing)} in its TensorBoard logs (a run without labels?)")
+    return found
+
+
+def stop(found: dict[str, dict[int, float]], tol: float) -> int:
+    """The step of the refresh at which a run with this tol stops: the first after the first with
+    fewer than tol of the labels changed, or the last logged (the run ended at max_iters)."""
+    steps = sorted(found["refine/delta_label"])
+    return next((s for s in steps[1:] if found["refine/delta_label"][s] < tol), steps[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", type=Path, required=True, help="a seeds sweep: one folder per seed")
+    parser.add_argument("--name", required=True, help="the result's name: benchmarks/results/tol-NAME.json")
+    parser.add_argument("--tols", type=float, nargs="+", default=[0.001, 0.002, 0.003, 0.005, 0.01])
+    args = parser.parse_args()
+    runs = sorted((p for p in args.sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    rows = {tol: {"steps": [], "acc": [], "nmi": [], "ari": []} for tol in args.tols}
+    for run in runs:
+        found = refreshes(run)
+        ran = json.loads((run / "metrics.json").read_text())
+        ran_tol = OmegaConf.load(run / ".hydra" / "config.yaml").refine.tol
+        if min(args.tols) < ran_tol:
+            raise SystemExit(f"{run} ran with refine.tol={ran_tol}: it says nothing of a smaller tol")
+        for tol in args.tols:
+            step = stop(found, tol)
+            rows[tol]["steps"].append(step)
+            for key in ("acc", "nmi", "ari"):
+                rows[tol][key].append(found[f"val/{key}"][step])
+        if ran["stopped_by"] == "tol":  # the logs must give back the run's own end
+            step = stop(found, ran_tol)
+            if ran["refine_iterations"] != step or abs(ran["acc"] - found["val/acc"][step]) > 1e-6:
+                raise SystemExit(f"{run}: its logs stop at step {step}, its metrics.json at {ran['refine_iterations']}")
+    result = {
+        "benchmark": "tol",
+        "name": args.name,
+        "command": f"python benchmarks/tol.py --sweep {args.sweep} --name {args.name}",
+        "date": datetime.date.today().isoformat(),
+        "seeds": [int(run.name) for run in runs],
+        "tol": {},
+    }
+    for tol, row in rows.items():
+        result["tol"][str(tol)] = {
+            "steps_mean": statistics.fmean(row["steps"]),
+            **{f"{key}_mean": statistics.fmean(row[key]) for key in ("acc", "nmi", "ari")},
+            "acc_std": statistics.stdev(row["acc"]) if len(row["acc"]) > 1 else 0.0,
+            **row,
+        }
+        print(
+            f"tol {tol:<6} ACC {statistics.fmean(row['acc']):.4f}  NMI {statistics.fmean(row['nmi']):.4f}  "
+            f"ARI {statistics.fmean(row['ari']):.4f}  refinement steps {statistics.fmean(row['steps']):,.0f}"
+        )
+    out = ROOT / "benchmarks" / "results" / f"tol-{args.name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
