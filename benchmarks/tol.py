@@ -78,15 +78,12 @@ def main() -> None:
         "tol": {},
     }
     for tol, row in rows.items():
-        result["tol"][str(tol)] = {
-            "steps_mean": statistics.fmean(row["steps"]),
-            **{f"{key}_mean": statistics.fmean(row[key]) for key in ("acc", "nmi", "ari")},
-            "acc_std": statistics.stdev(row["acc"]) if len(row["acc"]) > 1 else 0.0,
-            **row,
-        }
+        means = {f"{key}_mean": statistics.fmean(values) for key, values in row.items()}
+        std = statistics.stdev(row["acc"]) if len(row["acc"]) > 1 else 0.0
+        result["tol"][str(tol)] = {**means, "acc_std": std, **row}
         print(
-            f"tol {tol:<6} ACC {statistics.fmean(row['acc']):.4f}  NMI {statistics.fmean(row['nmi']):.4f}  "
-            f"ARI {statistics.fmean(row['ari']):.4f}  refinement steps {statistics.fmean(row['steps']):,.0f}"
+            f"tol {tol:<6} ACC {means['acc_mean']:.4f}  NMI {means['nmi_mean']:.4f}  "
+            f"ARI {means['ari_mean']:.4f}  refinement steps {means['steps_mean']:,.0f}"
         )
     out = ROOT / "benchmarks" / "results" / f"tol-{args.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
