@@ -74,6 +74,7 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     try:
         runs.check_resume(sys.argv[1:])
+        runs.check_fresh_folder(sys.argv[1:])
     except InputError as e:
         sys.exit(f"error: {e}")
     main()

@@ -35,7 +35,9 @@ class DeepClustering:
         overrides: any other config value, in the command line's syntax (`model=fc`,
             `refine.gamma=0.5`, `trainer=gpu`, ...).
         seed: seeds the whole run.
-        run_dir: where the run's files go; None makes a new outputs/DATE/TIME folder.
+        run_dir: where the run's files go; None makes a new outputs/DATE/TIME folder. A folder
+            that holds a finished run is refused; one an interrupted fit left is continued from its
+            checkpoints.
         device: where predict and transform run: 'auto' (a GPU when there is one), 'cpu', 'cuda', ...
     """
 
@@ -59,6 +61,8 @@ class DeepClustering:
             cfg = compose("train", overrides=overrides)
             check_config(cfg, reference_config(full.hydra.runtime.choices))
         run_dir = Path(self.run_dir or runs.new_folder("outputs"))
+        if (run_dir / runs.FINISHED).is_file():
+            raise InputError(f"run_dir={run_dir} holds a finished run ({run_dir / runs.FINISHED}): choose a new folder")
         run_dir.mkdir(parents=True, exist_ok=True)
         data = from_arrays(_numpy(X), None if y is None else _numpy(y), "X")
         result = pipeline.train(cfg, data, run_dir)

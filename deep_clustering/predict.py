@@ -111,4 +111,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        runs.check_fresh_folder(sys.argv[1:])
+    except InputError as e:
+        sys.exit(f"error: {e}")
     main()

@@ -95,7 +95,7 @@ class DECModule(L.LightningModule):
         self.register_buffer("initial_centers", torch.zeros(n_clusters, latent_dim))  # what the initializer gave
         self.register_buffer("n_refresh", torch.tensor(0))  # refreshes of P so far
         self.register_buffer("delta_label", torch.tensor(float("nan")))  # labels changed at the last refresh
-        self.register_buffer("kmeans_seconds", torch.tensor(0.0))  # time the initializer took
+        self.register_buffer("kmeans_seconds", torch.tensor(0.0))  # time the initializer took in this process
         self.register_buffer("steps", torch.tensor(0))  # optimizer steps when training ended
         # the loss parts' mean over the steps since the last refresh of P, logged at the next one,
         # rather than through self.log at every step, which costs as much host time as a step
@@ -127,7 +127,8 @@ class DECModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.last_labels is None:  # a fresh run, not one resumed from a checkpoint
             self.init_centers()
-        else:  # resumed: the checkpoint's P and labels come back on the CPU
+        else:  # resumed: the checkpoint's P and labels come back on the CPU; K-means ran in the interrupted process
+            self.kmeans_seconds.fill_(0.0)
             self.last_labels = self.last_labels.to(self.device)
             self.p = self.p.to(self.device) if self.p is not None else None
 

@@ -74,6 +74,28 @@ def check_resume(args: list[str]) -> None:
         raise InputError(f"resume={folder} continues in its own folder: leave out hydra.run.dir={elsewhere[-1]}")
 
 
+def check_fresh_folder(args: list[str]) -> None:
+    """Refuse, before Hydra writes anything, a `hydra.run.dir=` (or `hydra.sweep.dir=`, under -m)
+    that already holds a run (its .hydra/config.yaml, or a job folder's): the new run would write over
+    that run's config and outputs, and pick up its checkpoints. An interrupted run continues with
+    `resume=` (vetted by `check_resume`), which is the one way back into a used folder."""
+    if any(a.startswith("resume=") and a.split("=", 1)[1] not in ("", "null") for a in args):
+        return
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    for key in ("hydra.run.dir", "hydra.sweep.dir") if multirun else ("hydra.run.dir",):
+        given = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
+        if not given:
+            continue
+        folder = Path(given[-1])
+        used = [folder / CONFIG] if key == "hydra.run.dir" else sorted(folder.glob(f"*/{CONFIG}"))
+        used = [f for f in used if f.is_file()]
+        if used:
+            raise InputError(
+                f"{key}={folder} already holds a run ({used[0]}): a run never writes over another's "
+                f"outputs; choose a new folder, or continue an interrupted run with resume=FOLDER"
+            )
+
+
 def resumed_config(cfg: DictConfig, overrides: list[str], run_dir: Path, choices: dict) -> tuple[DictConfig, dict]:
     """The interrupted run's own config and config-group choices (for `check_config`, as for a fresh
     run). Only the trainer may change (another machine): `trainer=NAME` takes that group as a fresh

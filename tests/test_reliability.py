@@ -1,5 +1,6 @@
 """Interrupted runs resume to the same predictions; faults stop cleanly; bad resumes are refused."""
 
+import json
 import os
 import re
 import signal
@@ -130,6 +131,10 @@ def test_a_run_interrupted_in_each_stage_resumes_to_the_uninterrupted_run(tmp_pa
     # the mean losses logged: the same, the interrupted epochs' too (not only their second part)
     for tag in ["pretrain/recon", "refine/kl", "refine/recon"]:
         assert scalars(run_dir, tag) == pytest.approx(scalars(uninterrupted, tag), rel=1e-5), tag
+    # the last segment's own seconds: it resumed past K-means (which the uninterrupted run timed)
+    seconds = json.loads((run_dir / "metrics.json").read_text())["seconds"]
+    assert json.loads((uninterrupted / "metrics.json").read_text())["seconds"]["kmeans"] > 0
+    assert seconds["kmeans"] == 0 and min(seconds.values()) >= 0, seconds
 
 
 class OnDiskAtEachSave(L.Callback):
@@ -211,6 +216,41 @@ def test_resume_elsewhere_is_refused(pretrained_digits, tmp_path):
     )
     assert not (run / "checkpoints").exists()
     assert not (tmp_path / "elsewhere").exists()  # refused before Hydra made the folder
+
+
+def tree(folder: Path) -> dict[str, float]:
+    """Every file under `folder`, with when it was last written."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_a_new_run_into_a_used_folder_is_refused(pretrained_digits, tmp_path, sweep):
+    """A finished run's folder named as hydra.run.dir (or a sweep's job folder under hydra.sweep.dir)
+    is refused before Hydra writes anything: the run would write over it and pick up its checkpoints."""
+    if sweep:
+        used = tmp_path / "sweep"
+        (used / "0" / ".hydra").mkdir(parents=True)
+        (used / "0" / ".hydra" / "config.yaml").write_text((pretrained_digits / ".hydra" / "config.yaml").read_text())
+        args = ["-m", f"hydra.sweep.dir={used}", "seed=1,2"]
+        message = f"error: hydra.sweep.dir={used} already holds a run ({used / '0' / '.hydra' / 'config.yaml'})"
+    else:
+        used, args = pretrained_digits, [f"hydra.run.dir={pretrained_digits}"]
+        message = f"error: hydra.run.dir={used} already holds a run ({used / '.hydra' / 'config.yaml'})"
+    before = tree(used)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+    assert tree(used) == before  # nothing written, nothing touched
+
+
+def test_the_api_refuses_a_finished_runs_folder(pretrained_digits, digits):
+    from deep_clustering.api import DeepClustering
+    from deep_clustering.errors import InputError
+
+    before = tree(pretrained_digits)
+    with pytest.raises(InputError, match=f"run_dir={pretrained_digits} holds a finished run"):
+        DeepClustering(run_dir=str(pretrained_digits)).fit(*digits)
+    assert tree(pretrained_digits) == before
 
 
 def test_a_resumed_config_is_checked_as_a_fresh_one(tmp_path):
