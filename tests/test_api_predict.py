@@ -81,6 +81,11 @@ def test_predict_command_sorts_a_folder(pretrained_digits, tmp_path):
         trained = [r["cluster"] for r in csv.DictReader(f)][:100]
     agree = np.mean([r["cluster"] == t for r, t in zip(rows, trained)])
     assert agree >= 0.9, agree
+    # the same command again into the same folder: refused, the first predictions left as they were
+    before = {p: p.stat().st_mtime for p in out.rglob("*") if p.is_file()}
+    proc = predict_cli(f"checkpoint={pretrained_digits}", f"data.path={folder}", "folders=link", f"hydra.run.dir={out}")
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: hydra.run.dir={out} already holds a run")
+    assert {p: p.stat().st_mtime for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_predict_refuses_images_of_another_shape(pretrained_digits, tmp_path):
