@@ -4,7 +4,9 @@
 (`deep_clustering.api`) runs on arrays: one implementation for both.
 """
 
+import ctypes
 import logging
+import os
 import sys
 import time
 import warnings
@@ -50,6 +52,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     the first). `started`: when the run began (perf_counter), for the total in metrics.json.
     """
     started = time.perf_counter() if started is None else started
+    skip_missing_nvml()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.n_clusters > len(data):
         raise InputError(f"n_clusters={cfg.n_clusters} is more than the {len(data)} images of the data set")
@@ -140,6 +143,19 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     logger.finalize("success")
     write_metrics(run_dir / runs.FINISHED, metrics)  # last: its presence marks the run finished
     return Result(dec, codes.cpu(), q.cpu(), metrics)
+
+
+def skip_missing_nvml() -> None:
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1: torch.cuda.is_available() then asks NVML (which
+    leaves CUDA uninitialised, safe to fork) and falls back to the CUDA runtime's count where NVML
+    fails. Where NVML's library is missing (no NVIDIA driver, a CUDA build of torch) every call tries
+    to load it again before falling back, and the optimizers call it at every step (0.1-0.4 ms on a
+    2-core CPU). There the check goes straight to the runtime's count: the answer it gave anyway."""
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1":
+        try:
+            ctypes.CDLL("libnvidia-ml.so.1")
+        except OSError:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
 
 
 def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModule, checkpoints: Path) -> None:

@@ -1,7 +1,10 @@
 """The run's options, in this process through the estimator: the same config checks and
 `pipeline.train` as `python train.py`, without a fresh process's 9 s of imports."""
 
+import ctypes
+
 import numpy as np
+import pytest
 import torch
 
 from deep_clustering.api import DeepClustering
@@ -33,3 +36,22 @@ def test_dec_mode_drops_the_decoder(digits, pretrained_digits, tmp_path):
     fit(digits, tmp_path / "run", f"pretrained={pretrained_digits}", "refine.recon=false", "refine.max_iters=20")
     state = torch.load(tmp_path / "run" / "checkpoints" / "refine" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(k.startswith("encoder.") for k in state) and not any(k.startswith("decoder.") for k in state)
+
+
+def test_a_missing_nvml_is_not_looked_for_at_every_step(digits, pretrained_digits, tmp_path, monkeypatch):
+    """Without NVIDIA's driver, the optimizer's steps never try to load NVML (under Lightning's CUDA
+    check each step did), and CUDA's availability reads as before."""
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+        pytest.skip("NVML is installed here: torch asks it, as Lightning wants")
+    except OSError:
+        pass
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as importing Lightning left it
+    available = torch.cuda.is_available()
+    tries = []
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: tries.append(1) or -1)
+    assert torch.cuda.is_available() == available and len(tries) == 1  # the check, as it was, tries NVML
+    fit(digits, tmp_path / "run", f"pretrained={pretrained_digits}", "refine.max_iters=40", "baselines=[]")
+    # Lightning's own device count when it makes the stage's Trainer (3 tries); none at the 40 steps
+    assert len(tries) - 1 <= 5, len(tries) - 1
+    assert torch.cuda.is_available() == available
