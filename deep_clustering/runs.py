@@ -82,18 +82,18 @@ def check_fresh_folder(args: list[str]) -> None:
     if any(a.startswith("resume=") and a.split("=", 1)[1] not in ("", "null") for a in args):
         return
     multirun = any(a in ("-m", "--multirun") for a in args)
-    for key in ("hydra.run.dir", "hydra.sweep.dir") if multirun else ("hydra.run.dir",):
-        given = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
-        if not given:
-            continue
-        folder = Path(given[-1])
-        used = [folder / CONFIG] if key == "hydra.run.dir" else sorted(folder.glob(f"*/{CONFIG}"))
-        used = [f for f in used if f.is_file()]
-        if used:
-            raise InputError(
-                f"{key}={folder} already holds a run ({used[0]}): a run never writes over another's "
-                f"outputs; choose a new folder, or continue an interrupted run with resume=FOLDER"
-            )
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"  # the folder Hydra will write to
+    given = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
+    if not given:
+        return
+    folder = Path(given[-1])
+    used = sorted(folder.glob(f"*/{CONFIG}")) if multirun else [folder / CONFIG]
+    used = [f for f in used if f.is_file()]
+    if used:
+        raise InputError(
+            f"{key}={folder} already holds a run ({used[0]}): a run never writes over another's "
+            f"outputs; choose a new folder, or continue an interrupted run with resume=FOLDER"
+        )
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str], run_dir: Path, choices: dict) -> tuple[DictConfig, dict]:
