@@ -53,13 +53,30 @@ def config_subdir(resume: str | None = None) -> str:
     return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}" if resume else ".hydra"
 
 
+def _value(args: list[str], key: str) -> str | None:
+    """The last `key=VALUE` of the command line, without the quotes Hydra's grammar allows around it
+    (Lightning's DDP launcher passes `hydra.run.dir="DIR"`); None if not given."""
+    given = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
+    if not given:
+        return None
+    value = given[-1]
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
+def _started_for_another_rank() -> bool:
+    """Whether a launcher started this process for a rank other than the first: Lightning's DDP (which
+    re-runs the command line with LOCAL_RANK set), torchrun (RANK) or SLURM (SLURM_PROCID). The
+    first process vets the folders; the others follow it into the folder it made or resumed."""
+    return any(os.environ.get(name, "0") != "0" for name in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
+
+
 def check_resume(args: list[str]) -> None:
     """Vet `resume=RUN_DIR` on the command line before Hydra creates or writes anything: the folder
     holds an unfinished run, and nothing but the trainer group is overridden beside it."""
-    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
-    if not resume or resume[-1] in ("", "null"):
+    resume = _value(args, "resume")
+    if resume in (None, "", "null") or _started_for_another_rank():
         return
-    folder = Path(resume[-1])
+    folder = Path(resume)
     if not (folder / CONFIG).is_file():
         raise InputError(f"resume={folder}: not a run folder (it has no {CONFIG})")
     if (folder / FINISHED).is_file():
@@ -69,9 +86,9 @@ def check_resume(args: list[str]) -> None:
         raise InputError(
             f"resume={folder} continues with the run's own config ({folder / CONFIG}); leave out: {' '.join(changed)}"
         )
-    elsewhere = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
-    if elsewhere and Path(elsewhere[-1]).resolve() != folder.resolve():
-        raise InputError(f"resume={folder} continues in its own folder: leave out hydra.run.dir={elsewhere[-1]}")
+    elsewhere = _value(args, "hydra.run.dir")
+    if elsewhere is not None and Path(elsewhere).resolve() != folder.resolve():
+        raise InputError(f"resume={folder} continues in its own folder: leave out hydra.run.dir={elsewhere}")
 
 
 def check_fresh_folder(args: list[str]) -> None:
@@ -79,14 +96,14 @@ def check_fresh_folder(args: list[str]) -> None:
     that already holds a run (its .hydra/config.yaml, or a job folder's): the new run would write over
     that run's config and outputs, and pick up its checkpoints. An interrupted run continues with
     `resume=` (vetted by `check_resume`), which is the one way back into a used folder."""
-    if any(a.startswith("resume=") and a.split("=", 1)[1] not in ("", "null") for a in args):
+    if _value(args, "resume") not in (None, "", "null") or _started_for_another_rank():
         return
     multirun = any(a in ("-m", "--multirun") for a in args)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"  # the folder Hydra will write to
-    given = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
-    if not given:
+    given = _value(args, key)
+    if given is None:
         return
-    folder = Path(given[-1])
+    folder = Path(given)
     used = sorted(folder.glob(f"*/{CONFIG}")) if multirun else [folder / CONFIG]
     used = [f for f in used if f.is_file()]
     if used:

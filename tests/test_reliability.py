@@ -137,6 +137,21 @@ def test_a_run_interrupted_in_each_stage_resumes_to_the_uninterrupted_run(tmp_pa
     assert seconds["kmeans"] == 0 and min(seconds.values()) >= 0, seconds
 
 
+def test_an_interrupted_run_resumes_under_ddp_from_the_command_line(tmp_path):
+    """`resume=RUN trainer=ddp trainer.devices=2`: Lightning starts the second process by running the
+    command line again with `hydra.run.dir="RUN"` added, quoted. That process follows the first into
+    the run's folder; it used to refuse it (`continues in its own folder`) and end the job."""
+    run = tmp_path / "run"
+    settings = ["pretrain.epochs=40", "refine.max_iters=20", "init.manifold=none", "baselines=[]"]
+    proc = start(run, *settings, "checkpoint.min_interval_s=0")
+    wait_for(lambda: saved_at(run / "checkpoints" / "pretrain" / "last.ckpt") > 0, proc)
+    killed(proc)
+    assert not (run / "autoencoder.pt").exists()
+    run_train(run, f"resume={run}", "trainer=ddp", "trainer.devices=2")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["resumed"] and metrics["refine_iterations"] == 20
+
+
 class OnDiskAtEachSave(L.Callback):
     """At each checkpoint save: its step, and the steps of `tag` that the TensorBoard files on disk
     hold then (what a SIGKILL right after the save would leave)."""
@@ -223,18 +238,22 @@ def tree(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("sweep", [False, True])
-def test_a_new_run_into_a_used_folder_is_refused(pretrained_digits, tmp_path, sweep):
-    """A finished run's folder named as hydra.run.dir (or a sweep's job folder under hydra.sweep.dir)
-    is refused before Hydra writes anything: the run would write over it and pick up its checkpoints."""
-    if sweep:
+@pytest.mark.parametrize("way", ["run", "quoted", "sweep"])
+def test_a_new_run_into_a_used_folder_is_refused(pretrained_digits, tmp_path, way):
+    """A finished run's folder named as hydra.run.dir (also in quotes, as Hydra allows), or a sweep's
+    job folder under hydra.sweep.dir, is refused before Hydra writes anything: the run would write
+    over it and pick up its checkpoints."""
+    if way == "sweep":
         used = tmp_path / "sweep"
         (used / "0" / ".hydra").mkdir(parents=True)
         (used / "0" / ".hydra" / "config.yaml").write_text((pretrained_digits / ".hydra" / "config.yaml").read_text())
         args = ["-m", f"hydra.sweep.dir={used}", "seed=1,2"]
         message = f"error: hydra.sweep.dir={used} already holds a run ({used / '0' / '.hydra' / 'config.yaml'})"
     else:
-        used, args = pretrained_digits, [f"hydra.run.dir={pretrained_digits}"]
+        used, args = (
+            pretrained_digits,
+            [f'hydra.run.dir="{pretrained_digits}"' if way == "quoted" else f"hydra.run.dir={pretrained_digits}"],
+        )
         message = f"error: hydra.run.dir={used} already holds a run ({used / '.hydra' / 'config.yaml'})"
     before = tree(used)
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True)
