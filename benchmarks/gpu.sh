@@ -85,7 +85,6 @@ run() {  # NAME SECONDS OVERRIDES...: one train.py run into $RESULTS/runs/NAME (
   local name=$1 limit=$2 dir=/tmp/runs/$1
   shift 2
   local t0=$SECONDS
-  rm -rf "$dir"  # a rerun on a warm machine: train.py refuses a folder that holds a run
   timeout "$limit" python3 train.py hydra.run.dir="$dir" trainer="$TRAINER" trainer.enable_progress_bar=false \
     cuda_graphs=$GRAPHS "$@" $QUICK >"/tmp/runs-$name.log" 2>&1
   local rc=$?
