@@ -72,6 +72,9 @@ def main(cfg: DictConfig) -> float:
     except BaseException as e:  # SIGTERM: Lightning raises this after LastCheckpoint saved
         if type(e).__name__ == "SIGTERMException":
             sys.exit(f"stopped by SIGTERM; continue with: python train.py resume={run_dir}")
+        # Ctrl-C: outside training a KeyboardInterrupt; in it Lightning turns one into sys.exit(1)
+        if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+            sys.exit(f"stopped by Ctrl-C; continue with: python train.py resume={run_dir}")
         raise
     if result is None:
         return float("nan")

@@ -1,7 +1,10 @@
 """Lightning plugins and callbacks that keep a run safe to interrupt."""
 
+import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from deep_clustering.errors import TrainingError
+
+log = logging.getLogger("deep_clustering")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -87,7 +92,13 @@ class LastCheckpoint(Checkpoint):
     steps or `every_n_epochs` epochs, but at most once in `min_interval_s` seconds after the first
     (a save costs a write of the weights and the optimizer state); always at the end of training,
     and on SIGTERM (a pre-empted or cancelled job) at the step reached. `resume=RUN_DIR` continues
-    from it. A Checkpoint callback, so Lightning calls it after the other callbacks and, at an
+    from it.
+
+    Ctrl-C (SIGINT) in a single-process run stops as SIGTERM does: after the step under way, saved
+    there, then a KeyboardInterrupt (Lightning's own handling would stop in the middle of the step,
+    with nothing saved since the last checkpoint); a second Ctrl-C stops at once. Under DDP every
+    process gets the Ctrl-C at its own point of the step: Lightning's handling stays, and the run
+    resumes from its last checkpoint. A Checkpoint callback, so Lightning calls it after the other callbacks and, at an
     epoch's end, after the LightningModule's on_train_epoch_end, as it does ModelCheckpoint: the
     saved epoch is complete."""
 
@@ -96,6 +107,8 @@ class LastCheckpoint(Checkpoint):
         self.min_interval_s = min_interval_s
         self.saved_step = -1
         self.saved_at = -math.inf
+        self.interrupted = False  # a Ctrl-C came: stop after the step under way
+        self._sigint: Any = None  # SIGINT's handler before this stage's, while this stage's is set
 
     def save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self.saved_step:
@@ -107,7 +120,33 @@ class LastCheckpoint(Checkpoint):
     def _due(self) -> bool:
         return time.monotonic() - self.saved_at >= self.min_interval_s
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        before = signal.getsignal(signal.SIGINT)
+        ignored = before in (signal.SIG_IGN, None)  # as in a job started in the background: stays ignored
+        if trainer.world_size == 1 and not ignored and threading.current_thread() is threading.main_thread():
+            self._sigint = before
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._sigint is not None:
+            signal.signal(signal.SIGINT, self._sigint)
+            self._sigint = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        log.warning(
+            "Ctrl-C: the run stops at the end of the training step under way, saved there; Ctrl-C again stops at once"
+        )
+
+    def _stop_if_interrupted(self, trainer: L.Trainer) -> None:
+        if self.interrupted:
+            self.save(trainer)
+            raise KeyboardInterrupt
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._stop_if_interrupted(trainer)
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and self._due():
             self.save(trainer)
 
@@ -117,6 +156,7 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
+        self._stop_if_interrupted(trainer)  # a Ctrl-C in the last step must not start the next stage
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):

@@ -42,7 +42,9 @@ class AutoencoderModule(L.LightningModule):
         if mean is None:
             return
         mean = float(self.trainer.strategy.reduce(mean, reduce_op="mean"))  # under DDP, over all processes' images
-        self.log("pretrain/recon", mean, prog_bar=True, logger=False)  # a float: nothing left to sync
+        # already the processes' mean: sync_dist averages equal values (and spares every DDP run
+        # Lightning's warning that an epoch-level value is not synced)
+        self.log("pretrain/recon", mean, prog_bar=True, logger=False, sync_dist=True)
         # to the logger here, not through self.log: Lightning logs an epoch's self.log values after the
         # epoch-end checkpoint, so a run killed between the two would never log this epoch's loss;
         # LastCheckpoint flushes the loggers before it saves. The step and epoch are Lightning's own.

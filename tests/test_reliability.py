@@ -28,7 +28,13 @@ def start(run_dir: Path, *overrides: str, warnings: str = "ignore") -> subproces
     cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
     env = {**os.environ, "PYTHONWARNINGS": warnings}
     return subprocess.Popen(
-        [*cmd, *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*cmd, *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a terminal, whatever pytest's
     )
 
 
@@ -66,9 +72,10 @@ def killed(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> str:
 
 
 def test_a_run_interrupted_in_each_stage_resumes_to_the_uninterrupted_run(tmp_path):
-    """One run, resumed after each of four interruptions: SIGKILL after pretraining's first epoch,
+    """One run, resumed after each of five interruptions: SIGKILL after pretraining's first epoch,
     SIGTERM in the middle of a later epoch (the run saves there), SIGKILL inside the t-SNE + K-means
-    initialisation, SIGKILL mid-epoch in refinement. It ends with the uninterrupted run's predictions
+    initialisation, SIGKILL mid-epoch in refinement, Ctrl-C (SIGINT) later in refinement (the run
+    saves there). It ends with the uninterrupted run's predictions
     and logged losses. (The first resume repeats all but the first epoch of the uninterrupted run: the
     same seed gives the same run twice.)
 
@@ -125,6 +132,19 @@ def test_a_run_interrupted_in_each_stage_resumes_to_the_uninterrupted_run(tmp_pa
     killed(proc)
     assert refine_ckpt.exists() and not (run_dir / "metrics.json").exists()
 
+    proc, previous = start(run_dir, resume), saved_at(refine_ckpt)
+    wait_for(lambda: saved_at(refine_ckpt) > previous + 0.05, proc)  # this run's first save
+    time.sleep(0.2)
+    sent = time.time()
+    err = killed(proc, signal.SIGINT)
+    assert err.strip().splitlines()[-1] == f"stopped by Ctrl-C; continue with: python train.py {resume}"
+    assert in_log(run_dir, "Ctrl-C: the run stops at the end of the training step under way")()
+    # saved at the step reached, not only at the last of the saves every 10 steps (a save after the
+    # signal when the step reached is one of those)
+    step = torch.load(refine_ckpt, weights_only=True)["global_step"]
+    assert step % 10 != 0 or saved_at(refine_ckpt) > sent, (step, saved_at(refine_ckpt), sent)
+    assert not (run_dir / "metrics.json").exists()
+
     run_train(run_dir, resume)
     assert (run_dir / "predictions.csv").read_text() == (uninterrupted / "predictions.csv").read_text()
     assert (run_dir / ".hydra" / "config.yaml").read_text() == (uninterrupted / ".hydra" / "config.yaml").read_text()
@@ -147,9 +167,12 @@ def test_an_interrupted_run_resumes_under_ddp_from_the_command_line(tmp_path):
     wait_for(lambda: saved_at(run / "checkpoints" / "pretrain" / "last.ckpt") > 0, proc)
     killed(proc)
     assert not (run / "autoencoder.pt").exists()
-    run_train(run, f"resume={run}", "trainer=ddp", "trainer.devices=2")
+    proc = run_train(run, f"resume={run}", "trainer=ddp", "trainer.devices=2", warnings="default")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["resumed"] and metrics["refine_iterations"] == 20
+    # no warnings either (each pretraining epoch's loss warned that it was not synced)
+    warned = [line for line in proc.stderr.splitlines() if re.match(r"\S+\.py:\d+: ", line)]
+    assert not warned, warned
 
 
 class OnDiskAtEachSave(L.Callback):
