@@ -92,7 +92,7 @@ class Conv2d(nn.Conv2d):
     def __init__(self, *args, unroll_below: int = 2**18, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.unroll_below = unroll_below
-        self._unroll_cache: dict[tuple[int, ...], tuple[Tensor, tuple[int, ...]] | None] = {}
+        self._unroll_cache: dict[tuple[int, ...], tuple[Tensor, tuple[int, ...], int] | None] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         y = _unrolled(self, x)
@@ -105,7 +105,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def __init__(self, *args, unroll_below: int = 2**18, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.unroll_below = unroll_below
-        self._unroll_cache: dict[tuple[int, ...], tuple[Tensor, tuple[int, ...]] | None] = {}
+        self._unroll_cache: dict[tuple[int, ...], tuple[Tensor, tuple[int, ...], int] | None] = {}
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         y = _unrolled(self, x) if output_size is None else None
@@ -122,20 +122,29 @@ def _unrolled(layer: Conv2d | ConvTranspose2d, x: Tensor) -> Tensor | None:
         layer._unroll_cache[key] = _unroll_index(layer, key)
     if layer._unroll_cache[key] is None:
         return None
-    index, out_shape = layer._unroll_cache[key]
-    # M[i, j] = the weight joining input i to output j, or 0 (the extra last entry) where none does
-    weights = torch.cat([layer.weight.reshape(-1), layer.weight.new_zeros(1)])
-    matrix = weights.index_select(0, index).view(x[0].numel(), -1)
+    index, (c_out, h, w), width = layer._unroll_cache[key]
+    # the weight's rows (a convolution's output channels, a transposed one's input channels), each
+    # followed by a 0; one row of `rows` for each output value of the convolution (the transposed
+    # convolution's input value), one column for each of its inputs: M, or for a transposed
+    # convolution (the adjoint of the convolution with the same weight) M transposed
+    kernels = F.pad(layer.weight.flatten(1), (0, 1))
+    rows = kernels.index_select(1, index).view(-1, width)
+    matrix = rows if isinstance(layer, nn.ConvTranspose2d) else rows.T
     if layer.bias is None:
         y = x.flatten(1) @ matrix
     else:
-        y = torch.addmm(layer.bias.repeat_interleave(out_shape[1] * out_shape[2]), x.flatten(1), matrix)
-    return y.view(-1, *out_shape)
+        y = torch.addmm(layer.bias[:, None].expand(c_out, h * w).reshape(-1), x.flatten(1), matrix)
+    return y.view(-1, c_out, h, w)
 
 
-def _unroll_index(layer: Conv2d | ConvTranspose2d, in_shape: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]] | None:
-    """For inputs of `in_shape` (C, H, W): which weight (its flat index; numel for none) joins each
-    input value to each output value, row by row, and the output shape; None where the layer does not qualify."""
+def _unroll_index(
+    layer: Conv2d | ConvTranspose2d, in_shape: tuple[int, ...]
+) -> tuple[Tensor, tuple[int, ...], int] | None:
+    """For inputs of `in_shape` (C, H, W): for the convolution (for a transposed convolution, the
+    convolution with the same weight that it is the adjoint of, from its output back to its input)
+    which entry of a weight row (C x k x k of it, flattened; its size for none) joins each output
+    position to each input value, position by position; the layer's output shape; the number of
+    the convolution's input values. None where the layer does not qualify."""
     if layer.groups != 1 or any(d != 1 for d in layer.dilation) or layer.padding_mode != "zeros":
         return None
     if isinstance(layer.padding, str):  # 'same' / 'valid': torch's convolution
@@ -156,13 +165,16 @@ def _unroll_index(layer: Conv2d | ConvTranspose2d, in_shape: tuple[int, ...]) ->
     )
     if n_in * math.prod(out_shape) > layer.unroll_below:
         return None
-    # each basis image lights one input value; the convolution of it with weights numbered 1, 2, ...
-    # gives at each output the number of the one weight joining the two (0: none). Exact in float64.
-    basis = torch.eye(n_in, dtype=torch.float64).view(n_in, *in_shape)
-    numbers = torch.arange(1, layer.weight.numel() + 1, dtype=torch.float64).view(layer.weight.shape)
-    index = conv(basis, numbers, None, layer.stride, layer.padding, **extra).flatten(1).round().long()
-    index = torch.where(index > 0, index - 1, layer.weight.numel())
-    return index.flatten(), out_shape
+    # each basis image lights one input value of the convolution; its convolution with a weight row
+    # numbered 1, 2, ... gives at each output position the number of the one entry joining the two
+    # (0: none). Exact in float64.
+    conv_in = out_shape if transposed else in_shape
+    n = math.prod(conv_in)
+    basis = torch.eye(n, dtype=torch.float64).view(n, *conv_in)
+    numbers = torch.arange(1, layer.weight[0].numel() + 1, dtype=torch.float64).view(1, *layer.weight.shape[1:])
+    index = F.conv2d(basis, numbers, None, layer.stride, layer.padding).flatten(1).T.round().long()
+    index = torch.where(index > 0, index - 1, layer.weight[0].numel())
+    return index.flatten(), out_shape, n
 
 
 class MLPAutoencoder(nn.Module):
