@@ -83,10 +83,10 @@ class Conv2d(nn.Conv2d):
     unrolled matrix (input size x output size) has at most `unroll_below` entries as one matrix product.
 
     On images as small as the 8x8 digits oneDNN's convolution kernels cost far more than their
-    arithmetic: a training step of DCEC's autoencoder at batch 64 takes about a sixth less time this
-    way on a 2-core CPU (benchmarks/unroll.py), the default job's pretraining about a quarter less. The
-    matrix is gathered from the weights at each call, so gradients reach the weights as a
-    convolution's would. Larger images (and GPUs) keep torch's convolution.
+    arithmetic: a training step of DCEC's autoencoder at batch 64 takes about a third less time this
+    way on a 2-core CPU (benchmarks/unroll.py). The matrix is gathered from the weights at each call,
+    so gradients reach the weights as a convolution's would. Larger images (and GPUs) keep torch's
+    convolution.
     """
 
     def __init__(self, *args, unroll_below: int = 2**18, **kwargs) -> None:
