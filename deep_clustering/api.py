@@ -65,7 +65,14 @@ class DeepClustering:
             raise InputError(f"run_dir={run_dir} holds a finished run ({run_dir / runs.FINISHED}): choose a new folder")
         run_dir.mkdir(parents=True, exist_ok=True)
         data = from_arrays(_numpy(X), None if y is None else _numpy(y), "X")
-        result = pipeline.train(cfg, data, run_dir)
+        try:
+            result = pipeline.train(cfg, data, run_dir)
+        except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns a Ctrl-C in training into sys.exit(1)
+            if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt(
+                    f"stopped by Ctrl-C; fit again with run_dir={str(run_dir)!r} to continue"
+                ) from None
+            raise
         self.model_: DECModule = result.model
         self.labels_ = result.q.argmax(1).numpy()  # clusters of the training images
         self.metrics_ = result.metrics  # what metrics.json holds

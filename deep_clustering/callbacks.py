@@ -92,15 +92,16 @@ class LastCheckpoint(Checkpoint):
     steps or `every_n_epochs` epochs, but at most once in `min_interval_s` seconds after the first
     (a save costs a write of the weights and the optimizer state); always at the end of training,
     and on SIGTERM (a pre-empted or cancelled job) at the step reached. `resume=RUN_DIR` continues
-    from it.
-
-    Ctrl-C (SIGINT) in a single-process run stops as SIGTERM does: after the step under way, saved
-    there, then a KeyboardInterrupt (Lightning's own handling would stop in the middle of the step,
-    with nothing saved since the last checkpoint); a second Ctrl-C stops at once. Under DDP every
-    process gets the Ctrl-C at its own point of the step: Lightning's handling stays, and the run
-    resumes from its last checkpoint. A Checkpoint callback, so Lightning calls it after the other callbacks and, at an
+    from it. A Checkpoint callback, so Lightning calls it after the other callbacks and, at an
     epoch's end, after the LightningModule's on_train_epoch_end, as it does ModelCheckpoint: the
-    saved epoch is complete."""
+    saved epoch is complete.
+
+    Ctrl-C (SIGINT) in a single-process run's training steps stops as SIGTERM does: after the step
+    under way, saved there, then a KeyboardInterrupt (Lightning's own handling would stop in the
+    middle of the step, with nothing saved since the last checkpoint); a second Ctrl-C stops at once.
+    Before the first step (K-means) and under DDP, where every process gets the Ctrl-C at its own
+    point of a step, Lightning's handling stays: the run stops at once and resumes from its last
+    checkpoint. Whatever ends the fit, SIGINT's handler is the one it had before."""
 
     def __init__(self, every_n_steps: int = 0, every_n_epochs: int = 0, min_interval_s: float = 0.0) -> None:
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
@@ -120,14 +121,17 @@ class LastCheckpoint(Checkpoint):
     def _due(self) -> bool:
         return time.monotonic() - self.saved_at >= self.min_interval_s
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # here, after Lightning took note of the signal handlers it restores when the fit ends (however
+        # it ends); before it (K-means in on_fit_start) a Ctrl-C stops at once, as it always did
+        self.interrupted = False
         before = signal.getsignal(signal.SIGINT)
         ignored = before in (signal.SIG_IGN, None)  # as in a job started in the background: stays ignored
         if trainer.world_size == 1 and not ignored and threading.current_thread() is threading.main_thread():
             self._sigint = before
             signal.signal(signal.SIGINT, self._on_sigint)
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def _restore_sigint(self) -> None:
         if self._sigint is not None:
             signal.signal(signal.SIGINT, self._sigint)
             self._sigint = None
@@ -156,8 +160,10 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
+        self._restore_sigint()
         self._stop_if_interrupted(trainer)  # a Ctrl-C in the last step must not start the next stage
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
         if isinstance(exception, SIGTERMException):
             self.save(trainer)

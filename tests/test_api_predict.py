@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -183,3 +184,62 @@ def test_baselines_and_the_initial_centres_share_one_embedding_pass(pretrained_d
     assert passes[0] == passes[1] > 0  # the baselines' pass is the initialisation's: no pass of their own
     torch.testing.assert_close(centres[0], centres[1], rtol=0, atol=0)  # from the same codes
     assert model.metrics_["baselines"]["kmeans"]["acc"] > 0.5
+
+
+CTRL_C_FIT = """
+import os, signal, sys, threading, time
+from pathlib import Path
+import numpy as np
+from deep_clustering.api import DeepClustering
+from deep_clustering.data import load_digits
+
+x = load_digits().images[:, 0].numpy()
+run, again = Path(sys.argv[1]), Path(sys.argv[2])
+overrides = sys.argv[3:]
+
+def ctrl_c():  # once pretraining saved its first checkpoint: a Ctrl-C mid-epoch a few steps later
+    ckpt = run / "checkpoints" / "pretrain" / "last.ckpt"
+    while not ckpt.exists():
+        time.sleep(0.01)
+    time.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=ctrl_c, daemon=True).start()
+model = DeepClustering(n_clusters=10, overrides=overrides, run_dir=str(run))
+try:
+    model.fit(x)
+    print("not interrupted")
+except KeyboardInterrupt as e:
+    print("interrupted:", e)
+print("handler restored:", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+labels = model.fit(x).labels_  # the same folder: continues the run
+uninterrupted = DeepClustering(n_clusters=10, overrides=overrides, run_dir=str(again)).fit(x).labels_
+print("same labels:", np.array_equal(labels, uninterrupted), model.metrics_["refine_iterations"])
+"""
+
+
+def test_ctrl_c_stops_a_fit_that_fit_continues(tmp_path):
+    """In a notebook, Ctrl-C (the kernel's interrupt) ends the fit after the step under way with a
+    KeyboardInterrupt that names its folder (not Lightning's SystemExit(1)), leaves SIGINT as it was,
+    and fitting again in that folder ends with the uninterrupted fit's labels."""
+    overrides = [
+        *QUICK,
+        "pretrain.epochs=20",
+        "checkpoint.min_interval_s=0",
+        "baselines=[]",
+        "trainer.enable_progress_bar=false",
+    ]
+    run, again = tmp_path / "run", tmp_path / "again"
+    proc = subprocess.run(
+        [sys.executable, "-c", CTRL_C_FIT, str(run), str(again), *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, whatever pytest's
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    expected = f"interrupted: stopped by Ctrl-C; fit again with run_dir={str(run)!r} to continue"
+    assert expected in lines, proc.stdout[-2000:]
+    assert "handler restored: True" in lines and "same labels: True 40" in lines, proc.stdout[-2000:]
