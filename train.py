@@ -69,12 +69,10 @@ def main(cfg: DictConfig) -> float:
         if isinstance(cause, (InputError, TrainingError, OmegaConfBaseException)):
             sys.exit(f"error: {str(cause).splitlines()[0]}")
         raise
-    except BaseException as e:  # SIGTERM: Lightning raises this after LastCheckpoint saved
-        if type(e).__name__ == "SIGTERMException":
-            sys.exit(f"stopped by SIGTERM; continue with: python train.py resume={run_dir}")
-        # Ctrl-C: outside training a KeyboardInterrupt; in it Lightning turns one into sys.exit(1)
-        if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
-            sys.exit(f"stopped by Ctrl-C; continue with: python train.py resume={run_dir}")
+    except BaseException as e:  # SIGTERM (Lightning raises this after LastCheckpoint saved) or Ctrl-C
+        stop = "SIGTERM" if type(e).__name__ == "SIGTERMException" else "Ctrl-C" if runs.stopped_by_ctrl_c(e) else None
+        if stop:
+            sys.exit(f"stopped by {stop}; continue with: python train.py resume={run_dir}")
         raise
     if result is None:
         return float("nan")

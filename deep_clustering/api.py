@@ -67,8 +67,8 @@ class DeepClustering:
         data = from_arrays(_numpy(X), None if y is None else _numpy(y), "X")
         try:
             result = pipeline.train(cfg, data, run_dir)
-        except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns a Ctrl-C in training into sys.exit(1)
-            if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+        except (KeyboardInterrupt, SystemExit) as e:
+            if runs.stopped_by_ctrl_c(e):  # rather than Lightning's SystemExit(1)
                 raise KeyboardInterrupt(
                     f"stopped by Ctrl-C; fit again with run_dir={str(run_dir)!r} to continue"
                 ) from None

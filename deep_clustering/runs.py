@@ -14,6 +14,14 @@ CONFIG = ".hydra/config.yaml"  # the composed config Hydra saves in every run fo
 FINISHED = "metrics.json"  # written last: its presence means the run completed
 
 
+def stopped_by_ctrl_c(e: BaseException) -> bool:
+    """Whether `e` ends a run that Ctrl-C stopped: a KeyboardInterrupt outside training, or the
+    sys.exit(1) that Lightning raises while handling one inside it."""
+    return isinstance(e, KeyboardInterrupt) or (
+        isinstance(e, SystemExit) and isinstance(e.__context__, KeyboardInterrupt)
+    )
+
+
 def register_resolvers() -> None:
     """The resolvers configs/*.yaml use for Hydra's folders."""
     OmegaConf.register_new_resolver("dc.run_dir", run_dir, replace=True)

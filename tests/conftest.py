@@ -1,5 +1,6 @@
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -53,6 +54,12 @@ def shared_npz(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is missing (set DC_TEST_DATA to the folder holding the benchmark .npz files)")
     return path
+
+
+def sigint_as_in_a_terminal() -> None:
+    """preexec_fn of a process a test sends Ctrl-C (SIGINT): the default handling, whatever this
+    process's (a child inherits an ignored SIGINT, and Python then leaves it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_train(

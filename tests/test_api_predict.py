@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from deep_clustering.api import DeepClustering
 from deep_clustering.data import load_digits
 from deep_clustering.distributed import embed_all
 from deep_clustering.errors import InputError
-from tests.conftest import ROOT, run_train
+from tests.conftest import ROOT, run_train, sigint_as_in_a_terminal
 
 QUICK = ["pretrain.epochs=10", "refine.max_iters=40", "refine.update_interval=10", "init.manifold=none"]
 
@@ -236,7 +235,7 @@ def test_ctrl_c_stops_a_fit_that_fit_continues(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, whatever pytest's
+        preexec_fn=sigint_as_in_a_terminal,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()

@@ -21,7 +21,7 @@ from deep_clustering.callbacks import LastCheckpoint
 from deep_clustering.data import ImageDataModule, load_digits
 from deep_clustering.models import ConvAutoencoder
 from deep_clustering.pretrain import AutoencoderModule
-from tests.conftest import ROOT, run_train
+from tests.conftest import ROOT, run_train, sigint_as_in_a_terminal
 
 
 def start(run_dir: Path, *overrides: str, warnings: str = "ignore") -> subprocess.Popen:
@@ -34,7 +34,7 @@ def start(run_dir: Path, *overrides: str, warnings: str = "ignore") -> subproces
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a terminal, whatever pytest's
+        preexec_fn=sigint_as_in_a_terminal,
     )
 
 
