@@ -21,6 +21,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from deep_clustering.refine import stop_rule
+
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = ("refine/delta_label", "val/acc", "val/nmi", "val/ari")
 
@@ -42,8 +44,9 @@ def refreshes(run: Path) -> dict[str, dict[int, float]]:
 def stop(found: dict[str, dict[int, float]], tol: float) -> int:
     """The step of the refresh at which a run with this tol stops: the first after the first with
     fewer than tol of the labels changed, or the last logged (the run ended at max_iters)."""
-    steps = sorted(found["refine/delta_label"])
-    return next((s for s in steps[1:] if found["refine/delta_label"][s] < tol), steps[-1])
+    delta = found["refine/delta_label"]
+    steps = sorted(delta)
+    return next((s for n, s in enumerate(steps, 1) if stop_rule(n, delta[s], tol)), steps[-1])
 
 
 def main() -> None:

@@ -124,7 +124,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "n_clusters_found": sum(size > 0 for size in sizes),  # fewer when refinement left clusters empty
         "refine_iterations": int(dec.steps),
         "refreshes_of_p": int(dec.n_refresh),
-        "stopped_by": "tol" if dec.n_refresh > 1 and dec.delta_label < cfg.refine.tol else "max_iters",
+        "stopped_by": "tol" if dec.converged else "max_iters",
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "device": _device_name(device),
         "processes": trainer.world_size,

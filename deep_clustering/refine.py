@@ -33,6 +33,12 @@ from deep_clustering.visualize import log_refresh
 log = logging.getLogger("deep_clustering")
 
 
+def stop_rule(n_refresh: int, delta_label: float, tol: float) -> bool:
+    """Whether refinement stops: fewer than `tol` of the labels changed at the last of `n_refresh`
+    refreshes of P, never at the first (which has nothing to compare with)."""
+    return n_refresh > 1 and delta_label < tol
+
+
 def warn_if_collapsed(sizes: list[int], where: str) -> None:
     """A warning in the log when one of more than two clusters holds over half the samples; `sizes`: K counts."""
     largest = max(sizes) / sum(sizes)
@@ -91,6 +97,7 @@ class DECModule(L.LightningModule):
         self.codes = codes  # the initializer's input, if given; dropped once used
         self.p: Tensor | None = None  # (N, K) target, indexed by sample id
         self.last_labels: Tensor | None = None  # (N,) labels at the last refresh of P
+        self.refreshed_at = -1  # the step of the last refresh of P
         # small state kept as buffers: it travels with the weights (checkpoints, ddp_spawn's hand-back)
         self.register_buffer("initial_centers", torch.zeros(n_clusters, latent_dim))  # what the initializer gave
         self.register_buffer("n_refresh", torch.tensor(0))  # refreshes of P so far
@@ -138,10 +145,18 @@ class DECModule(L.LightningModule):
             self.logger.log_metrics(self._interval_means(), step=self.global_step)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        if self.global_step % self.hparams.update_interval == 0 and self.refresh_target():
-            self.trainer.should_stop = True
-            return -1  # ends the epoch here; should_stop ends the fit
+        if self.global_step % self.hparams.update_interval == 0:
+            if self.refreshed_at != self.global_step:  # resumed from the checkpoint of a stop: refreshed already
+                self.refresh_target()
+            if self.converged:
+                self.trainer.should_stop = True
+                return -1  # ends the epoch here; should_stop ends the fit
         return None
+
+    @property
+    def converged(self) -> bool:
+        """Whether the stop rule held at the last refresh of P."""
+        return stop_rule(int(self.n_refresh), float(self.delta_label), self.hparams.tol)
 
     @torch.no_grad()
     def init_centers(self) -> None:
@@ -161,9 +176,9 @@ class DECModule(L.LightningModule):
         self.kmeans_seconds.fill_(time.perf_counter() - start)
 
     @torch.no_grad()
-    def refresh_target(self) -> bool:
-        """Recompute P over the whole data set; True when the stop rule is met. With
-        first_target='labels' the first P is the initializer's labels, one-hot."""
+    def refresh_target(self) -> None:
+        """Recompute P over the whole data set. With first_target='labels' the first P is the
+        initializer's labels, one-hot."""
         if self.n_refresh == 0 and self.hparams.first_target == "labels":
             q = F.one_hot(self.last_labels, self.hparams.n_clusters).float()
         else:
@@ -178,8 +193,8 @@ class DECModule(L.LightningModule):
         self.delta_label.copy_((labels != self.last_labels).float().mean())
         self.last_labels = labels
         self.n_refresh += 1
+        self.refreshed_at = self.global_step
         self._log_refresh(q)
-        return bool(self.n_refresh > 1 and self.delta_label < self.hparams.tol)
 
     @torch.no_grad()
     def predict_all(self, data: ImageSet) -> tuple[Tensor, Tensor]:
@@ -191,6 +206,7 @@ class DECModule(L.LightningModule):
         checkpoint["dec"] = {
             "p": self.p.cpu() if self.p is not None else None,
             "last_labels": self.last_labels.cpu() if self.last_labels is not None else None,
+            "refreshed_at": self.refreshed_at,  # the checkpoint of a stop holds that step's refresh
             # the loss parts' sums since the last refresh: the next refresh logs the same means as an
             # uninterrupted run's (under DDP, the processes' mean sums, which every process resumes from)
             "interval_losses": self.interval_losses.state_dict(self.trainer.strategy),
@@ -198,6 +214,7 @@ class DECModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.p, self.last_labels = checkpoint["dec"]["p"], checkpoint["dec"]["last_labels"]
+        self.refreshed_at = checkpoint["dec"].get("refreshed_at", -1)  # older checkpoints have none
         if "interval_losses" in checkpoint["dec"]:  # checkpoints written before it was saved have none
             self.interval_losses.load_state_dict(checkpoint["dec"]["interval_losses"])
 

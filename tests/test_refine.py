@@ -16,7 +16,7 @@ from deep_clustering.errors import InputError
 from deep_clustering.metrics import external_metrics
 from deep_clustering.models import ConvAutoencoder
 from deep_clustering.pretrain import AutoencoderModule
-from deep_clustering.refine import DECModule
+from deep_clustering.refine import DECModule, stop_rule
 from tests.conftest import free_port, spawn
 
 
@@ -216,3 +216,42 @@ def test_under_ddp_both_processes_stop_by_tol_at_the_same_refresh(digits_autoenc
     assert ends[0] == ends[1], ends
     step, refreshes, delta = ends[0]
     assert refreshes >= 2 and step == 30 * (refreshes - 1) < 600 and delta < 0.05, ends[0]
+
+
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
+def test_a_run_resumed_after_its_stop_by_tol_stops_again_without_another_refresh(digits_autoencoder, tmp_path):
+    """A run killed after refinement stopped by tol (in evaluation) resumes from the checkpoint saved at
+    the stop: the stop holds, and P is not refreshed again (which would count one more refresh, log a
+    second point at the last step, with no labels changed, and cost a pass over the data)."""
+    data, state = digits_autoencoder
+
+    def run(ckpt_path=None) -> tuple[DECModule, Recorded]:
+        dec, logger = refinement(data, state, tol=0.05), Recorded()
+        trainer = L.Trainer(
+            accelerator="cpu",
+            logger=logger,
+            callbacks=[LastCheckpoint()],
+            default_root_dir=tmp_path,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            log_every_n_steps=10,  # as configs/trainer/default.yaml
+            max_steps=600,
+            max_epochs=-1,
+        )
+        trainer.fit(dec, ImageDataModule(data, 64, seed=0), ckpt_path=ckpt_path)
+        return dec, logger
+
+    whole, logged = run()
+    step, refreshes, delta = whole.global_step, int(whole.n_refresh), float(whole.delta_label)
+    assert step == 60 and refreshes == 3 and delta < 0.05, (step, refreshes, delta)  # as the DDP test above
+    resumed, relogged = run(tmp_path / "last.ckpt")
+    assert (resumed.global_step, int(resumed.n_refresh), float(resumed.delta_label)) == (step, refreshes, delta)
+    assert torch.equal(resumed.last_labels, whole.last_labels)
+    assert "refine/delta_label" not in relogged.metrics, relogged.metrics  # no refresh logged
+
+
+def test_the_stop_rule_needs_two_refreshes_and_fewer_changed_than_tol():
+    assert not stop_rule(1, 0.0, 0.001)  # the first refresh has nothing to compare with
+    assert stop_rule(2, 0.0009, 0.001)
+    assert not stop_rule(2, 0.001, 0.001)  # fewer than tol, not as many
+    assert not stop_rule(5, float("nan"), 0.001)
