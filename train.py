@@ -69,8 +69,10 @@ def main(cfg: DictConfig) -> float:
         if isinstance(cause, (InputError, TrainingError, OmegaConfBaseException)):
             sys.exit(f"error: {str(cause).splitlines()[0]}")
         raise
-    except BaseException as e:  # SIGTERM (Lightning raises this after LastCheckpoint saved) or Ctrl-C
+    except BaseException as e:  # SIGTERM or Ctrl-C: LastCheckpoint saved the step reached and stopped the fit
         stop = "SIGTERM" if type(e).__name__ == "SIGTERMException" else "Ctrl-C" if runs.stopped_by_ctrl_c(e) else None
+        if stop and runs.started_for_another_rank():
+            sys.exit(1)  # the first process of a DDP run says it
         if stop:
             sys.exit(f"stopped by {stop}; continue with: python train.py resume={run_dir}")
         raise

@@ -91,25 +91,39 @@ class LastCheckpoint(Checkpoint):
     """Keeps one checkpoint, last.ckpt in the trainer's default_root_dir: every `every_n_steps`
     steps or `every_n_epochs` epochs, but at most once in `min_interval_s` seconds after the first
     (a save costs a write of the weights and the optimizer state); always at the end of training,
-    and on SIGTERM (a pre-empted or cancelled job) at the step reached. `resume=RUN_DIR` continues
-    from it. A Checkpoint callback, so Lightning calls it after the other callbacks and, at an
-    epoch's end, after the LightningModule's on_train_epoch_end, as it does ModelCheckpoint: the
-    saved epoch is complete.
+    and on SIGTERM (a cancelled or pre-empted job) or Ctrl-C (SIGINT) at the step reached.
+    `resume=RUN_DIR` continues from it. A Checkpoint callback, so Lightning calls it after the other
+    callbacks and, at an epoch's end, after the LightningModule's on_train_epoch_end, as it does
+    ModelCheckpoint: the saved epoch is complete.
 
-    Ctrl-C (SIGINT) in a single-process run's training steps stops as SIGTERM does: after the step
-    under way, saved there, then a KeyboardInterrupt (Lightning's own handling would stop in the
-    middle of the step, with nothing saved since the last checkpoint); a second Ctrl-C stops at once.
-    Before the first step (K-means) and under DDP, where every process gets the Ctrl-C at its own
-    point of a step, Lightning's handling stays: the run stops at once and resumes from its last
-    checkpoint. Whatever ends the fit, SIGINT's handler is the one it had before."""
+    In the training steps SIGTERM and SIGINT only take note; at the end of the step under way the
+    run saves there and stops (SIGTERMException, KeyboardInterrupt); a second Ctrl-C stops at once.
+    So does SIGUSR1, SLURM's warning before a pre-emption (`sbatch --signal`), where a handler is
+    set for it (Lightning's, on SLURM: it saves hpc_ckpt_N.ckpt and requeues the job): that handler
+    runs at the end of the step under way, in every process. Under DDP the processes agree every
+    DDP_EVERY steps whether any of them got a signal (one all-reduce of two numbers), so all act
+    after the same step, whichever got it and whenever. (Lightning's handlers act mid-step, inside
+    the signal handler: under DDP its SIGTERM handler broadcasts there and its SIGUSR1 handler saves
+    a checkpoint, whose collectives met other collectives of the other process: the run hung. Lightning
+    issue #21406.) Before the first step (K-means) Lightning's handling stays: the run stops at once
+    and resumes from its last checkpoint. Whatever ends the fit, each signal's handler is the one it
+    had before."""
+
+    STOPS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}  # signals that stop the run, as the log names them
+    REQUEUE = signal.SIGUSR1  # Lightning's SLURM requeue signal (SLURMEnvironment.requeue_signal's default)
+    # under DDP, steps between two checks for a signal: an all-reduce took 0.4 ms with gloo on 2 cores,
+    # 2% of a DDP step of the digits at every step
+    DDP_EVERY = 10
 
     def __init__(self, every_n_steps: int = 0, every_n_epochs: int = 0, min_interval_s: float = 0.0) -> None:
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
         self.min_interval_s = min_interval_s
         self.saved_step = -1
         self.saved_at = -math.inf
-        self.interrupted = False  # a Ctrl-C came: stop after the step under way
-        self._sigint: Any = None  # SIGINT's handler before this stage's, while this stage's is set
+        self.stop = 0  # the signal that came in a training step: stop after the step under way
+        self.requeue = False  # SIGUSR1 came in a training step: run its handler after the step under way
+        self._handlers: dict[int, Any] = {}  # each signal's handler before this stage's, while this stage's is set
+        self._when = ""  # how soon a signal is acted on, for its log line
 
     def save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self.saved_step:
@@ -122,35 +136,53 @@ class LastCheckpoint(Checkpoint):
         return time.monotonic() - self.saved_at >= self.min_interval_s
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # here, after Lightning took note of the signal handlers it restores when the fit ends (however
-        # it ends); before it (K-means in on_fit_start) a Ctrl-C stops at once, as it always did
-        self.interrupted = False
-        before = signal.getsignal(signal.SIGINT)
-        ignored = before in (signal.SIG_IGN, None)  # as in a job started in the background: stays ignored
-        if trainer.world_size == 1 and not ignored and threading.current_thread() is threading.main_thread():
-            self._sigint = before
-            signal.signal(signal.SIGINT, self._on_sigint)
+        # here, after Lightning set its handlers and took note of those it restores when the fit ends
+        # (however it ends); before it (K-means in on_fit_start) a signal stops the run at once
+        self.stop, self.requeue = 0, False
+        self._when = "the training step under way" if trainer.world_size == 1 else f"at most {self.DDP_EVERY} steps"
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in [*self.STOPS, self.REQUEUE]:
+            before = signal.getsignal(signum)
+            # an ignored signal (SIGINT in a job started in the background) stays so; SIGUSR1 only
+            # where a handler is set for it (its default ends the process)
+            if before not in (signal.SIG_IGN, None) and (signum != self.REQUEUE or before != signal.SIG_DFL):
+                self._handlers[signum] = before
+                signal.signal(signum, self._on_signal)
 
-    def _restore_sigint(self) -> None:
-        if self._sigint is not None:
-            signal.signal(signal.SIGINT, self._sigint)
-            self._sigint = None
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers = {}
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.interrupted:
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == self.REQUEUE:
+            self.requeue = True
+            log.warning("SIGUSR1: its handler (SLURM: save, requeue) runs after %s", self._when)
+        elif signum == signal.SIGINT and self.stop == signal.SIGINT:
             raise KeyboardInterrupt
-        self.interrupted = True
-        log.warning(
-            "Ctrl-C: the run stops at the end of the training step under way, saved there; Ctrl-C again stops at once"
-        )
+        elif not self.stop:
+            self.stop = signum
+            again = "; Ctrl-C again stops at once" if signum == signal.SIGINT else ""
+            log.warning("%s: the run stops after %s, saved there%s", self.STOPS[signum], self._when, again)
 
-    def _stop_if_interrupted(self, trainer: L.Trainer) -> None:
-        if self.interrupted:
+    def _act_on_signals(self, trainer: L.Trainer, last: bool = False) -> None:
+        stop, requeue = self.stop, int(self.requeue)
+        if trainer.world_size > 1:  # every process acts after the same step, whichever got the signal
+            if trainer.global_step % self.DDP_EVERY and not last:
+                return
+            flags = torch.tensor([stop, requeue], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            stop, requeue = flags.tolist()
+        if requeue and self.REQUEUE in self._handlers:
+            self.requeue = False
+            self._handlers[self.REQUEUE](self.REQUEUE, None)
+        if stop:
             self.save(trainer)
-            raise KeyboardInterrupt
+            raise SIGTERMException if stop == signal.SIGTERM else KeyboardInterrupt
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self._stop_if_interrupted(trainer)
+        self._act_on_signals(trainer)
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and self._due():
             self.save(trainer)
 
@@ -160,10 +192,12 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
-        self._restore_sigint()
-        self._stop_if_interrupted(trainer)  # a Ctrl-C in the last step must not start the next stage
+        self._act_on_signals(trainer, last=True)  # a signal in the last step must not start the next stage
+        self._restore_handlers()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_sigint()
-        if isinstance(exception, SIGTERMException):
+        self._restore_handlers()
+        # Lightning's own SIGTERM (one before the first step): saved where it stopped, in one process;
+        # under DDP the other processes need not be at a save (its collectives), so none
+        if isinstance(exception, SIGTERMException) and trainer.world_size == 1:
             self.save(trainer)

@@ -77,7 +77,7 @@ def _resume(args: list[str]) -> str | None:
     return None if value in (None, "", "null") else value
 
 
-def _started_for_another_rank() -> bool:
+def started_for_another_rank() -> bool:
     """Whether a launcher started this process for a rank other than the first: Lightning's DDP (which
     re-runs the command line with LOCAL_RANK set), torchrun (RANK) or SLURM (SLURM_PROCID). The
     first process vets the folders; the others follow it into the folder it made or resumed."""
@@ -88,7 +88,7 @@ def check_resume(args: list[str]) -> None:
     """Vet `resume=RUN_DIR` on the command line before Hydra creates or writes anything: the folder
     holds an unfinished run, and nothing but the trainer group is overridden beside it."""
     resume = _resume(args)
-    if resume is None or _started_for_another_rank():
+    if resume is None or started_for_another_rank():
         return
     folder = Path(resume)
     if not (folder / CONFIG).is_file():
@@ -110,7 +110,7 @@ def check_fresh_folder(args: list[str]) -> None:
     that already holds a run (its .hydra/config.yaml, or a job folder's): the new run would write over
     that run's config and outputs, and pick up its checkpoints. An interrupted run continues with
     `resume=` (vetted by `check_resume`), which is the one way back into a used folder."""
-    if _resume(args) is not None or _started_for_another_rank():
+    if _resume(args) is not None or started_for_another_rank():
         return
     multirun = any(a in ("-m", "--multirun") for a in args)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"  # the folder Hydra will write to

@@ -21,10 +21,12 @@ from deep_clustering.callbacks import LastCheckpoint
 from deep_clustering.data import ImageDataModule, load_digits
 from deep_clustering.models import ConvAutoencoder
 from deep_clustering.pretrain import AutoencoderModule
-from tests.conftest import ROOT, run_train, sigint_as_in_a_terminal
+from tests.conftest import ROOT, free_port, run_train, sigint_as_in_a_terminal
 
 
-def start(run_dir: Path, *overrides: str, warnings: str = "ignore") -> subprocess.Popen:
+def start(run_dir: Path, *overrides: str, warnings: str = "ignore", new_session: bool = False) -> subprocess.Popen:
+    """`python train.py` started in `run_dir`; `new_session`: in a process group of its own (os.killpg
+    signals it with every process it starts)."""
     cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
     env = {**os.environ, "PYTHONWARNINGS": warnings}
     return subprocess.Popen(
@@ -35,6 +37,7 @@ def start(run_dir: Path, *overrides: str, warnings: str = "ignore") -> subproces
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=sigint_as_in_a_terminal,
+        start_new_session=new_session,
     )
 
 
@@ -138,7 +141,7 @@ def test_a_run_interrupted_in_each_stage_resumes_to_the_uninterrupted_run(tmp_pa
     sent = time.time()
     err = killed(proc, signal.SIGINT)
     assert err.strip().splitlines()[-1] == f"stopped by Ctrl-C; continue with: python train.py {resume}"
-    assert in_log(run_dir, "Ctrl-C: the run stops at the end of the training step under way")()
+    assert in_log(run_dir, "Ctrl-C: the run stops after the training step under way, saved there")()
     # saved at the step reached, not only at the last of the saves every 10 steps (a save after the
     # signal when the step reached is one of those)
     step = torch.load(refine_ckpt, weights_only=True)["global_step"]
@@ -157,22 +160,122 @@ def test_a_run_interrupted_in_each_stage_resumes_to_the_uninterrupted_run(tmp_pa
     assert seconds["kmeans"] == 0 and min(seconds.values()) >= 0, seconds
 
 
-def test_an_interrupted_run_resumes_under_ddp_from_the_command_line(tmp_path):
-    """`resume=RUN trainer=ddp trainer.devices=2`: Lightning starts the second process by running the
-    command line again with `hydra.run.dir="RUN"` added, quoted. That process follows the first into
-    the run's folder; it used to refuse it (`continues in its own folder`) and end the job."""
-    run = tmp_path / "run"
+def still_running(run_dir: Path) -> list[str]:
+    """The command lines of processes still running in `run_dir`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # ended meanwhile
+            continue
+        if "train.py" in line and str(run_dir) in line:
+            found.append(line)
+    return found
+
+
+def as_srun_starts(run_dir: Path, tmp_path: Path, port: int, *overrides: str) -> list[subprocess.Popen]:
+    """The two processes of a DDP run as SLURM's srun starts them: each `python train.py` with its
+    SLURM_* variables, in one process group. `scontrol` is a script that notes its arguments in
+    tmp_path/scontrol.log (Lightning calls `scontrol requeue JOB` on SLURM's pre-emption signal)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242"}
+    slurm |= {"SLURM_STEP_ID": "0", "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_NAME": "train", "MASTER_PORT": str(port)}
+    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "PYTHONWARNINGS": "ignore"}
+        env["PATH"] = f"{bin_dir}:{env['PATH']}"
+        group = {"process_group": procs[0].pid} if procs else {"process_group": 0}
+        procs.append(
+            subprocess.Popen(
+                [*cmd, *overrides],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                **group,
+            )
+        )
+    return procs
+
+
+def ended(procs: list[subprocess.Popen], timeout: float = 120) -> list[str]:
+    """The stderr of each of `procs` once all have ended; all killed if they have not within `timeout` s."""
+    try:
+        return [proc.communicate(timeout=timeout)[1] for proc in procs]
+    except subprocess.TimeoutExpired:
+        os.killpg(procs[0].pid, signal.SIGKILL)
+        raise AssertionError(f"the processes did not stop within {timeout} s") from None
+
+
+def test_a_ddp_run_stopped_by_signals_resumes_to_the_uninterrupted_run(tmp_path):
+    """Two processes (`trainer=ddp trainer.devices=2`), each signal sent to both, as SLURM and torchrun
+    send it, each process at its own point of a step; each time the run resumes to the uninterrupted
+    run's predictions. Until 2026-12-06 Lightning's handlers acted inside the signal handler, with
+    collectives that met other collectives of the other process: the run hung (SIGTERM always here;
+    SIGUSR1 one time in five).
+
+    - Lightning's launcher, SIGTERM: both stop after the same step, saved there; the run says so
+      once. `resume=RUN` continues: Lightning starts the second process by running the command line
+      again with `hydra.run.dir="RUN"` added, quoted, and that process follows the first into the
+      run's folder (it used to refuse it and end the job).
+    - Started as srun starts them, SIGUSR1 (SLURM's pre-emption warning): Lightning's handler saves
+      hpc_ckpt_1.ckpt and calls `scontrol requeue 4242`, once, after a step; then SIGKILL, and the
+      run resumes from that checkpoint."""
     settings = ["pretrain.epochs=40", "refine.max_iters=20", "init.manifold=none", "baselines=[]"]
-    proc = start(run, *settings, "checkpoint.min_interval_s=0")
-    wait_for(lambda: saved_at(run / "checkpoints" / "pretrain" / "last.ckpt") > 0, proc)
-    killed(proc)
-    assert not (run / "autoencoder.pt").exists()
+    settings += ["trainer=ddp", "trainer.devices=2"]
+    uninterrupted = tmp_path / "uninterrupted"
+    run_train(uninterrupted, *settings)
+    predictions = (uninterrupted / "predictions.csv").read_text()
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "pretrain" / "last.ckpt"
+    proc = start(run, *settings, "checkpoint.min_interval_s=0", new_session=True)
+    wait_for(lambda: saved_at(ckpt) > 0, proc)  # the first epoch's end; 40 epochs take some 10 s
+    time.sleep(1.0)
+    sent = time.time()
+    os.killpg(proc.pid, signal.SIGTERM)
+    lines = ended([proc])[0].strip().splitlines()
+    assert lines[-1] == f"stopped by SIGTERM; continue with: python train.py resume={run}", lines[-20:]
+    assert sum(line.startswith("stopped by") for line in lines) == 1, lines
+    assert in_log(run, "SIGTERM: the run stops after at most 10 steps, saved there")()
+    assert saved_at(ckpt) >= sent and not (run / "autoencoder.pt").exists()
+    deadline = time.monotonic() + 30
+    while still_running(run) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not still_running(run)
     proc = run_train(run, f"resume={run}", "trainer=ddp", "trainer.devices=2", warnings="default")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["resumed"] and metrics["refine_iterations"] == 20
+    assert (run / "predictions.csv").read_text() == predictions
     # no warnings either (each pretraining epoch's loss warned that it was not synced)
     warned = [line for line in proc.stderr.splitlines() if re.match(r"\S+\.py:\d+: ", line)]
     assert not warned, warned
+
+    run = tmp_path / "slurm"
+    folder = run / "checkpoints" / "pretrain"
+    # last.ckpt at the first epoch's end only: the requeue's checkpoint is the newest
+    procs = as_srun_starts(run, tmp_path, free_port(), *settings, "checkpoint.min_interval_s=600")
+    wait_for(lambda: saved_at(folder / "last.ckpt") > 0, procs[0])
+    time.sleep(1.0)
+    os.killpg(procs[0].pid, signal.SIGUSR1)
+    wait_for(lambda: (tmp_path / "scontrol.log").exists(), procs[0], 60)  # after the save
+    os.killpg(procs[0].pid, signal.SIGKILL)
+    ended(procs)
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    hpc, last = (
+        torch.load(folder / name, weights_only=True)["global_step"] for name in ("hpc_ckpt_1.ckpt", "last.ckpt")
+    )
+    assert hpc > last == 15, (hpc, last)  # 1,797 images, 15 steps an epoch of 64 a process
+    procs = as_srun_starts(run, tmp_path, free_port(), f"resume={run}", "trainer=ddp", "trainer.devices=2")
+    errors = ended(procs, 300)
+    assert [proc.returncode for proc in procs] == [0, 0], errors[0][-3000:]
+    assert json.loads((run / "metrics.json").read_text())["resumed"]
+    assert (run / "predictions.csv").read_text() == predictions
 
 
 class OnDiskAtEachSave(L.Callback):
