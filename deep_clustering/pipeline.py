@@ -137,7 +137,10 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     write_predictions(
         run_dir / "predictions.csv", pred.cpu(), confidence.cpu(), data.files, data.labels, data.class_names
     )
-    log_final(logger.experiment, data.images, codes.cpu(), pred.cpu(), data.labels, int(dec.steps), data.class_names)
+    tsne = {"tsne_iters": cfg.init.tsne_iters, "tsne_lr_scale": cfg.init.tsne_lr_scale}  # the run's t-SNE setting
+    log_final(
+        logger.experiment, data.images, codes.cpu(), pred.cpu(), data.labels, int(dec.steps), data.class_names, **tsne
+    )
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(cfg).items()}
     logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})
     logger.finalize("success")
