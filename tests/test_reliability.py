@@ -24,21 +24,30 @@ from deep_clustering.pretrain import AutoencoderModule
 from tests.conftest import ROOT, free_port, run_train, sigint_as_in_a_terminal
 
 
-def start(run_dir: Path, *overrides: str, warnings: str = "ignore", new_session: bool = False) -> subprocess.Popen:
-    """`python train.py` started in `run_dir`; `new_session`: in a process group of its own (os.killpg
-    signals it with every process it starts)."""
+def start(
+    run_dir: Path, *overrides: str, warnings: str = "ignore", env: dict | None = None, process_group: int | None = None
+) -> subprocess.Popen:
+    """`python train.py` started in `run_dir`; `env`: more environment variables; `process_group`:
+    0 for a group of its own (os.killpg signals it with every process it starts), a process's id
+    for that one's group, None for this process's."""
     cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
-    env = {**os.environ, "PYTHONWARNINGS": warnings}
     return subprocess.Popen(
         [*cmd, *overrides],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PYTHONWARNINGS": warnings, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=sigint_as_in_a_terminal,
-        start_new_session=new_session,
+        preexec_fn=partial(as_in_a_terminal, process_group),
     )
+
+
+def as_in_a_terminal(process_group: int | None) -> None:
+    """preexec_fn of `start`: SIGINT's default handling, and the process group (Popen's process_group
+    is Python 3.11's)."""
+    sigint_as_in_a_terminal()
+    if process_group is not None:
+        os.setpgid(0, process_group)
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -183,24 +192,12 @@ def as_srun_starts(run_dir: Path, tmp_path: Path, port: int, *overrides: str) ->
     (bin_dir / "scontrol").chmod(0o755)
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242"}
     slurm |= {"SLURM_STEP_ID": "0", "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_NAME": "train", "MASTER_PORT": str(port)}
-    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "PYTHONWARNINGS": "ignore"}
-        env["PATH"] = f"{bin_dir}:{env['PATH']}"
-        group = {"process_group": procs[0].pid} if procs else {"process_group": 0}
-        procs.append(
-            subprocess.Popen(
-                [*cmd, *overrides],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                **group,
-            )
-        )
-    return procs
+    slurm["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
+    first = start(run_dir, *overrides, env={**slurm, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, process_group=0)
+    return [
+        first,
+        start(run_dir, *overrides, env={**slurm, "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}, process_group=first.pid),
+    ]
 
 
 def ended(procs: list[subprocess.Popen], timeout: float = 120) -> list[str]:
@@ -234,7 +231,7 @@ def test_a_ddp_run_stopped_by_signals_resumes_to_the_uninterrupted_run(tmp_path)
 
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "pretrain" / "last.ckpt"
-    proc = start(run, *settings, "checkpoint.min_interval_s=0", new_session=True)
+    proc = start(run, *settings, "checkpoint.min_interval_s=0", process_group=0)
     wait_for(lambda: saved_at(ckpt) > 0, proc)  # the first epoch's end; 40 epochs take some 10 s
     time.sleep(1.0)
     sent = time.time()
