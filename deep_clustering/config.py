@@ -67,6 +67,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "init.n_init": (lambda v: v >= 1, "at least 1"),
     "init.tsne_iters": (lambda v: is_whole(v) and v >= 250, "a whole number, at least 250 (scikit-learn's least)"),
     "init.tsne_lr_scale": (lambda v: v > 0, "positive"),
+    "init.tsne_angle": (lambda v: 0 < v <= 1, "more than 0, at most 1"),
     **{f"init.{key}": (lambda v, c=choices: v in c, either(choices)) for key, choices in INIT_CHOICES.items()},
     "refine.batch_size": (lambda v: v >= 1, "at least 1"),
     "refine.optimizer.lr": (lambda v: v > 0, "positive"),

@@ -134,7 +134,7 @@ class KMeansInit:
         manifold_samples: t-SNE maps at most this many codes, a random subset (its cost grows
             faster than the number of points: minutes for 70,000 on a CPU); the centres are then
             the mean codes of each cluster of the subset.
-        tsne_iters, tsne_lr_scale: t-SNE's iterations and step size (`tsne_map`).
+        tsne_iters, tsne_lr_scale, tsne_angle: t-SNE's iterations, step size and Barnes-Hut angle (`tsne_map`).
     """
 
     def __init__(
@@ -148,6 +148,7 @@ class KMeansInit:
         manifold_samples: int = 20000,
         tsne_iters: int = 1000,
         tsne_lr_scale: float = 1.0,
+        tsne_angle: float = 0.5,
     ):
         for key, value in (("backend", backend), ("manifold", manifold), ("clusterer", clusterer)):
             if value not in INIT_CHOICES[key]:
@@ -155,6 +156,7 @@ class KMeansInit:
         self.n_clusters, self.n_init, self.seed = n_clusters, n_init, seed
         self.backend, self.manifold, self.clusterer = backend, manifold, clusterer
         self.manifold_samples, self.tsne_iters, self.tsne_lr_scale = manifold_samples, tsne_iters, tsne_lr_scale
+        self.tsne_angle = tsne_angle
 
     def __call__(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(N, D) latent codes of every sample -> the (n_clusters, D) centres and the clusterer's (N,)
@@ -175,7 +177,7 @@ class KMeansInit:
                 order = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(self.seed))
                 subset = order[: self.manifold_samples].to(z.device)
                 z = z[subset]
-            mapped = tsne_map(z.cpu().numpy(), self.seed, self.tsne_iters, self.tsne_lr_scale)
+            mapped = tsne_map(z.cpu().numpy(), self.seed, self.tsne_iters, self.tsne_lr_scale, self.tsne_angle)
             points = torch.from_numpy(mapped).float().to(z.device)
         backend = self.backend
         if backend == "auto":
@@ -203,17 +205,20 @@ class KMeansInit:
         return centers, labels
 
 
-def tsne_map(x: np.ndarray, seed: int, iters: int = 1000, lr_scale: float = 1.0) -> np.ndarray:
+def tsne_map(x: np.ndarray, seed: int, iters: int = 1000, lr_scale: float = 1.0, angle: float = 0.5) -> np.ndarray:
     """scikit-learn's 2-D t-SNE map of (N, D) points; its perplexity, 30, lowered under N for tiny sets.
 
     `iters`: iterations (scikit-learn's max_iter, at least 250: the first 250 exaggerate early).
     `lr_scale`: the step size in multiples of scikit-learn's 'auto', max(N / 48, 50); 1 is 'auto' itself.
+    `angle`: Barnes-Hut's trade of accuracy for speed (scikit-learn's default 0.5; larger is faster).
     """
     from sklearn.manifold import TSNE
 
     rate = "auto" if lr_scale == 1 else lr_scale * max(len(x) / 48, 50.0)
     perplexity = min(30.0, len(x) - 1.0)
-    tsne = TSNE(2, perplexity=perplexity, max_iter=iters, learning_rate=rate, random_state=seed, init="pca")
+    tsne = TSNE(
+        2, perplexity=perplexity, max_iter=iters, learning_rate=rate, random_state=seed, init="pca", angle=angle
+    )
     return tsne.fit_transform(x)
 
 

@@ -137,7 +137,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     write_predictions(
         run_dir / "predictions.csv", pred.cpu(), confidence.cpu(), data.files, data.labels, data.class_names
     )
-    tsne = {"tsne_iters": cfg.init.tsne_iters, "tsne_lr_scale": cfg.init.tsne_lr_scale}  # the run's t-SNE setting
+    tsne = {k: cfg.init[k] for k in ("tsne_iters", "tsne_lr_scale", "tsne_angle")}  # the run's t-SNE setting
     log_final(
         logger.experiment, data.images, codes.cpu(), pred.cpu(), data.labels, int(dec.steps), data.class_names, **tsne
     )

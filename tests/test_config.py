@@ -97,6 +97,7 @@ def test_optimizers_and_init_instantiate():
         ("refine.first_target=gmm", "refine.first_target=gmm is out of range: it must be q or labels"),
         ("init.tsne_iters=100", "init.tsne_iters=100 is out of range: it must be a whole number, at least 250"),
         ("init.tsne_lr_scale=0", "init.tsne_lr_scale=0 is out of range: it must be positive"),
+        ("init.tsne_angle=1.5", "init.tsne_angle=1.5 is out of range: it must be more than 0, at most 1"),
     ],
 )
 def test_check_config_refuses(override, message):

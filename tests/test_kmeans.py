@@ -79,7 +79,7 @@ def test_manifold_on_a_subset_still_recovers_blobs(monkeypatch):
     assert torch.equal(centers, init(x)[0])  # the subset is seeded
 
 
-def test_tsne_runs_the_iterations_and_step_size_asked_for(monkeypatch):
+def test_tsne_runs_the_iterations_step_size_and_angle_asked_for(monkeypatch):
     from sklearn.manifold import TSNE
 
     ran = []
@@ -87,16 +87,16 @@ def test_tsne_runs_the_iterations_and_step_size_asked_for(monkeypatch):
 
     def recorded(self, a):
         mapped = fit_transform(self, a)
-        ran.append((self.n_iter_, self.learning_rate_))
+        ran.append((self.n_iter_, self.learning_rate_, self.angle))
         return mapped
 
     monkeypatch.setattr(TSNE, "fit_transform", recorded)
     x, y = blobs(n=300)  # scikit-learn's 'auto' step size: max(300 / 48, 50) = 50
-    for iters, scale in ((300, 3.0), (1000, 1.0)):
-        _, labels = KMeansInit(5, n_init=5, manifold="tsne", tsne_iters=iters, tsne_lr_scale=scale)(x)
-        assert external_metrics(labels, y)["acc"] == 1.0
-    assert ran[0] == (299, 150.0)  # n_iter_: the last iteration's number, from 0
-    assert ran[1][0] > 299 and ran[1][1] == 50.0
+    for iters, scale, angle in ((300, 3.0, 0.7), (1000, 1.0, 0.5)):
+        init = KMeansInit(5, n_init=5, manifold="tsne", tsne_iters=iters, tsne_lr_scale=scale, tsne_angle=angle)
+        assert external_metrics(init(x)[1], y)["acc"] == 1.0
+    assert ran[0] == (299, 150.0, 0.7)  # n_iter_: the last iteration's number, from 0
+    assert ran[1][0] > 299 and ran[1][1:] == (50.0, 0.5)
 
 
 def test_initial_centers_refuses_unknown_options():
