@@ -137,9 +137,16 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     write_predictions(
         run_dir / "predictions.csv", pred.cpu(), confidence.cpu(), data.files, data.labels, data.class_names
     )
-    tsne = {k: cfg.init[k] for k in ("tsne_iters", "tsne_lr_scale", "tsne_angle")}  # the run's t-SNE setting
+    tsne = {"iters": cfg.init.tsne_iters, "lr_scale": cfg.init.tsne_lr_scale, "angle": cfg.init.tsne_angle}
     log_final(
-        logger.experiment, data.images, codes.cpu(), pred.cpu(), data.labels, int(dec.steps), data.class_names, **tsne
+        logger.experiment,
+        data.images,
+        codes.cpu(),
+        pred.cpu(),
+        data.labels,
+        int(dec.steps),
+        data.class_names,
+        tsne=tsne,
     )
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(cfg).items()}
     logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})

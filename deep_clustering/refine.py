@@ -97,7 +97,6 @@ class DECModule(L.LightningModule):
         self.codes = codes  # the initializer's input, if given; dropped once used
         self.p: Tensor | None = None  # (N, K) target, indexed by sample id
         self.last_labels: Tensor | None = None  # (N,) labels at the last refresh of P
-        self.refreshed_at = -1  # the step of the last refresh of P
         # small state kept as buffers: it travels with the weights (checkpoints, ddp_spawn's hand-back)
         self.register_buffer("initial_centers", torch.zeros(n_clusters, latent_dim))  # what the initializer gave
         self.register_buffer("n_refresh", torch.tensor(0))  # refreshes of P so far
@@ -146,7 +145,9 @@ class DECModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         if self.global_step % self.hparams.update_interval == 0:
-            if self.refreshed_at != self.global_step:  # resumed from the checkpoint of a stop: refreshed already
+            # P is refreshed at steps 0, T, 2T, ...: more refreshes than T's multiples before this step
+            # means this step's is done (a run resumed from the checkpoint saved at its stop)
+            if int(self.n_refresh) <= self.global_step // self.hparams.update_interval:
                 self.refresh_target()
             if self.converged:
                 self.trainer.should_stop = True
@@ -193,7 +194,6 @@ class DECModule(L.LightningModule):
         self.delta_label.copy_((labels != self.last_labels).float().mean())
         self.last_labels = labels
         self.n_refresh += 1
-        self.refreshed_at = self.global_step
         self._log_refresh(q)
 
     @torch.no_grad()
@@ -206,7 +206,6 @@ class DECModule(L.LightningModule):
         checkpoint["dec"] = {
             "p": self.p.cpu() if self.p is not None else None,
             "last_labels": self.last_labels.cpu() if self.last_labels is not None else None,
-            "refreshed_at": self.refreshed_at,  # the checkpoint of a stop holds that step's refresh
             # the loss parts' sums since the last refresh: the next refresh logs the same means as an
             # uninterrupted run's (under DDP, the processes' mean sums, which every process resumes from)
             "interval_losses": self.interval_losses.state_dict(self.trainer.strategy),
@@ -214,7 +213,6 @@ class DECModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.p, self.last_labels = checkpoint["dec"]["p"], checkpoint["dec"]["last_labels"]
-        self.refreshed_at = checkpoint["dec"].get("refreshed_at", -1)  # older checkpoints have none
         if "interval_losses" in checkpoint["dec"]:  # checkpoints written before it was saved have none
             self.interval_losses.load_state_dict(checkpoint["dec"]["interval_losses"])
 

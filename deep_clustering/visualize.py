@@ -135,14 +135,12 @@ def log_final(
     step: int,
     class_names: list[str] | None = None,
     max_points: int = 2000,
-    tsne_iters: int = 1000,
-    tsne_lr_scale: float = 1.0,
-    tsne_angle: float = 0.5,
+    tsne: dict[str, float] | None = None,
 ) -> None:
     """At the end: the confusion matrix ordered by the Hungarian matching (all samples), the
     embedding projector (codes with cluster and label as metadata, thumbnails as sprites) and 2-D
-    maps of the codes coloured by cluster (PCA; t-SNE on at most 500 of them, with `tsne_iters`,
-    `tsne_lr_scale` and `tsne_angle` as `kmeans.tsne_map`; UMAP where umap-learn is installed), the last three
+    maps of the codes coloured by cluster (PCA; t-SNE on at most 500 of them, `tsne` the keyword
+    arguments of `kmeans.tsne_map`; UMAP where umap-learn is installed), the last three
     on a fixed random subsample of at most `max_points`. Labels are shown by their `class_names`
     where given."""
     if labels is not None:
@@ -157,7 +155,7 @@ def log_final(
         experiment.add_embedding(codes, meta, thumbs.expand(-1, 3, -1, -1), step, tag="latent", metadata_header=header)
     maps = {"pca": pca_2d(codes)}
     n = min(len(codes), 500)  # t-SNE costs seconds per thousand points
-    maps["tsne"] = torch.from_numpy(tsne_map(codes[:n].numpy(), 0, tsne_iters, tsne_lr_scale, tsne_angle))
+    maps["tsne"] = torch.from_numpy(tsne_map(codes[:n].numpy(), 0, **(tsne or {})))
     try:  # a package folder named umap without umap-learn in it (left by an uninstall) fails here too
         from umap import UMAP
     except ImportError:
