@@ -168,7 +168,7 @@ speed = root / "speed-mnist-conv-gpu.json"
 if speed.exists():
     s = json.loads(speed.read_text())
     keys = ["cuda_graphs", "pretrain_epoch_s", "eager_pretrain_epoch_s", "embed_s", "kmeans_torch_s",
-            "kmeans_torch_inertia", "kmeans_sklearn_s", "kmeans_sklearn_inertia", "refresh_s", "refresh_views_s",
+            "kmeans_torch_inertia", "kmeans_sklearn_s", "kmeans_sklearn_inertia", "gmm_torch_s", "gmm_sklearn_s", "refresh_s", "refresh_views_s",
             "refine_iters_per_s", "eager_refine_iters_per_s", "peak_device_memory_mb", "peak_host_rss_mb"]
     for k in keys:
         print(f"{k:<24} {s.get(k)}")

@@ -8,6 +8,8 @@ Times, on the device the trainer picks (a GPU when there is one):
                Trainer, callbacks and data path of train.py;
   embedding    one pass over the whole data set (what init and each refresh of P do);
   kmeans       torch K-means on the codes (20 restarts) and scikit-learn's, with both inertias;
+  gmm          the Gaussian mixture of the `gmm` baseline (3 restarts), torch's and scikit-learn's,
+               with both mean log-likelihoods;
   refresh      a refresh of P: embedding pass, Student-t q, P, labels; and apart, the metrics
                against the labels and the TensorBoard views the trainer adds to each refresh;
   refinement   iterations/s of DEC/IDEC refinement with its refreshes of P;
@@ -45,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from deep_clustering import graphs, runs  # noqa: E402
 from deep_clustering.data import ImageDataModule, load_digits, load_npz  # noqa: E402
 from deep_clustering.distributed import embed_all  # noqa: E402
+from deep_clustering.gmm import gaussian_mixture  # noqa: E402
 from deep_clustering.kmeans import kmeans  # noqa: E402
 from deep_clustering.losses import soft_assignment, target_distribution  # noqa: E402
 from deep_clustering.metrics import external_metrics  # noqa: E402
@@ -137,6 +140,14 @@ def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
     fit = KMeans(cfg.n_clusters, n_init=20, random_state=0).fit(codes.cpu().numpy())
     out["kmeans_sklearn_s"] = time.perf_counter() - start
     out["kmeans_sklearn_inertia"] = float(fit.inertia_)
+    out["gmm_torch_s"], mix = timed(lambda: gaussian_mixture(codes, cfg.n_clusters, n_init=3, seed=0), device, repeat=1)
+    out["gmm_torch_log_likelihood"] = mix.log_likelihood
+    from sklearn.mixture import GaussianMixture
+
+    start = time.perf_counter()
+    fit = GaussianMixture(cfg.n_clusters, n_init=3, random_state=0).fit(codes.cpu().numpy())
+    out["gmm_sklearn_s"] = time.perf_counter() - start
+    out["gmm_sklearn_log_likelihood"] = float(fit.lower_bound_)
 
     def refresh():
         q = soft_assignment(embed_all(encoder, data, None, device), km.centers).exp()

@@ -6,20 +6,23 @@ from torch import Tensor
 
 from deep_clustering.config import BASELINES
 from deep_clustering.errors import InputError
+from deep_clustering.gmm import gaussian_mixture
 from deep_clustering.kmeans import kmeans
 from deep_clustering.metrics import external_metrics, internal_metrics
 
 
 def cluster_codes(name: str, codes: Tensor, n_clusters: int, seed: int = 0) -> Tensor:
-    """(N, D) codes -> (N,) labels on the codes' device, by K-means (20 restarts; in torch for codes
-    on a GPU, scikit-learn's otherwise, as the initialisation), a Gaussian mixture (scikit-learn's,
-    full covariances, 3 restarts) or HDBSCAN (which picks its own number of clusters; noise points
+    """(N, D) codes -> (N,) labels on the codes' device, by K-means (20 restarts) or a Gaussian mixture
+    (full covariances, 3 restarts), each in torch for codes on a GPU and scikit-learn's otherwise, as
+    the initialisation; or by HDBSCAN (which picks its own number of clusters; noise points
     get a cluster of their own)."""
     from sklearn.cluster import HDBSCAN, KMeans
     from sklearn.mixture import GaussianMixture
 
     if name == "kmeans" and codes.is_cuda:
         return kmeans(codes, n_clusters, n_init=20, seed=seed).labels
+    if name == "gmm" and codes.is_cuda:
+        return gaussian_mixture(codes, n_clusters, n_init=3, seed=seed).labels
     x = codes.float().cpu().numpy()
     if name == "kmeans":
         labels = KMeans(n_clusters, n_init=20, random_state=seed).fit_predict(x)

@@ -1,7 +1,8 @@
 """K-means in torch: k-means++ seeding and Lloyd iterations, every restart run at once.
 
 Written by hand because scikit-learn's runs on the CPU only; it is kept as the reference
-(tests compare inertias) and stays the default for codes that live on the CPU.
+(tests compare inertias) and stays the default for codes that live on the CPU. Also KMeansInit, the
+initial centres (K-means or gmm.py's Gaussian mixture, on the codes or on a t-SNE map of them).
 """
 
 from dataclasses import dataclass
@@ -43,6 +44,23 @@ def kmeans(
         chunk_size: samples per distance computation, to bound memory at (n_init, chunk, K)
             (distances as |x|^2 - 2 x.c + |c|^2, as scikit-learn's: never (n_init, N, D)).
     """
+    centers, labels, dist2 = kmeans_restarts(x, n_clusters, n_init, max_iter, tol, seed, chunk_size)
+    inertia = dist2.sum(dim=1)
+    best = int(inertia.argmin())
+    return KMeansResult(centers[best], labels[best], float(inertia[best]))
+
+
+def kmeans_restarts(
+    x: Tensor,
+    n_clusters: int,
+    n_init: int,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    chunk_size: int = 65536,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every restart of `kmeans` (same arguments): (R, K, D) centres, (R, N) labels and (R, N) squared
+    distances of the samples to their centres."""
     x = x.float()
     n = x.shape[0]
     if not 1 <= n_clusters <= n:
@@ -58,9 +76,7 @@ def kmeans(
         if bool((shift <= threshold).all()):
             break
     labels, dist2 = _assign(x, centers, chunk_size)
-    inertia = dist2.sum(dim=1)
-    best = int(inertia.argmin())
-    return KMeansResult(centers[best], labels[best], float(inertia[best]))
+    return centers, labels, dist2
 
 
 def _assign(x: Tensor, centers: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -122,15 +138,15 @@ class KMeansInit:
     Args:
         n_clusters: K.
         n_init: K-means restarts; the lowest inertia wins.
-        backend: 'torch' (this module, on the codes' device), 'sklearn', or 'auto' (torch for codes
-            on a GPU, scikit-learn on the CPU).
+        backend: 'torch' (this module or gmm.py, on the codes' device), 'sklearn', or 'auto' (torch
+            for codes on a GPU, scikit-learn on the CPU).
         manifold: 'none' clusters the codes themselves (DEC, IDEC, DCEC as published); 'tsne'
             clusters a 2-D t-SNE map of them (the manifold step of N2D, McConville et al. 2020,
             with t-SNE in place of UMAP) and returns the mean code of each cluster; 'auto' is
             'tsne' up to MANIFOLD_MAX_SAMPLES samples and 'none' above, where t-SNE takes minutes.
         seed: seeds K-means, t-SNE, the mixture and the subset below.
-        clusterer: 'kmeans', or 'gmm' (scikit-learn's Gaussian mixture with `n_init` restarts, as
-            N2D clusters its manifold); with 'gmm' the centres are the mean code of each component's samples.
+        clusterer: 'kmeans', or 'gmm' (a Gaussian mixture with `n_init` restarts, as N2D clusters
+            its manifold); with 'gmm' the centres are the mean code of each component's samples.
         manifold_samples: t-SNE maps at most this many codes, a random subset (its cost grows
             faster than the number of points: minutes for 70,000 on a CPU); the centres are then
             the mean codes of each cluster of the subset.
@@ -182,7 +198,11 @@ class KMeansInit:
         backend = self.backend
         if backend == "auto":
             backend = "torch" if points.is_cuda else "sklearn"
-        if self.clusterer == "gmm":
+        if self.clusterer == "gmm" and backend == "torch":
+            from deep_clustering.gmm import gaussian_mixture
+
+            labels = gaussian_mixture(points, self.n_clusters, n_init=self.n_init, seed=self.seed).labels
+        elif self.clusterer == "gmm":
             from sklearn.mixture import GaussianMixture
 
             mixture = GaussianMixture(self.n_clusters, n_init=self.n_init, random_state=self.seed)

@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 from sklearn.cluster import KMeans
+from sklearn.mixture import GaussianMixture
 
 from deep_clustering.baselines import run_baselines
 from deep_clustering.data import ImageSet
 from deep_clustering.distributed import embed_all
+from deep_clustering.gmm import gaussian_mixture
 from deep_clustering.kmeans import KMeansInit, kmeans
 from deep_clustering.metrics import external_metrics, internal_metrics
 from deep_clustering.models import ConvAutoencoder
@@ -36,8 +38,22 @@ def test_metrics_and_baselines_on_the_gpu_match_the_cpu():
     gpu, cpu = internal_metrics(codes.cuda(), pred.cuda()), internal_metrics(codes, pred)
     for key in cpu:
         assert abs(gpu[key] - cpu[key]) <= 1e-4 * abs(cpu[key]), key
-    scores = run_baselines(["kmeans"], codes.cuda(), labels, 10)["kmeans"]  # torch K-means on the GPU
-    assert scores["acc"] > 0.95
+    scores = run_baselines(["kmeans", "gmm"], codes.cuda(), labels, 10)  # torch K-means and mixture on the GPU
+    assert scores["kmeans"]["acc"] > 0.95 and scores["gmm"]["acc"] > 0.95
+
+
+def test_the_mixture_on_the_gpu_matches_the_cpu_and_scikit_learn():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(10, (70000,), generator=gen)
+    codes = torch.randn(70000, 10, generator=gen) + 3 * torch.randn(10, 10, generator=gen)[labels]
+    gpu, cpu = gaussian_mixture(codes.cuda(), 10, n_init=3, seed=0), gaussian_mixture(codes, 10, n_init=3, seed=0)
+    assert gpu.labels.device.type == "cuda"
+    assert gpu.log_likelihood == pytest.approx(cpu.log_likelihood, rel=1e-6)
+    assert (gpu.labels.cpu() == cpu.labels).float().mean() > 0.999  # K-means' starts in float32 on both
+    theirs = GaussianMixture(10, n_init=3, random_state=0).fit(codes.numpy()).lower_bound_
+    assert gpu.log_likelihood > theirs - 0.01 * abs(theirs)
+    init = KMeansInit(10, manifold="none", clusterer="gmm", n_init=3)(codes.cuda())
+    assert all(t.device.type == "cuda" for t in init)
 
 
 def test_embedding_on_the_gpu_matches_the_cpu():

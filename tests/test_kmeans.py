@@ -52,7 +52,9 @@ def test_more_clusters_than_points_is_refused():
         kmeans(torch.randn(3, 2), 5)
 
 
-@pytest.mark.parametrize("backend,clusterer", [("torch", "kmeans"), ("sklearn", "kmeans"), ("auto", "gmm")])
+@pytest.mark.parametrize(
+    "backend,clusterer", [("torch", "kmeans"), ("sklearn", "kmeans"), ("auto", "gmm"), ("torch", "gmm")]
+)
 @pytest.mark.parametrize("manifold", ["none", "tsne"])
 def test_initial_centers_recover_blobs(backend, clusterer, manifold):
     x, y = blobs(n=300)
