@@ -41,7 +41,9 @@ class FiniteLoss(L.Callback):
     checkpoint (so a few bad updates may reach the weights in memory, never a checkpoint).
     """
 
-    def __init__(self, stage: str, every: int = 50) -> None:
+    EVERY = 50  # on a GPU, steps between two reads of the bad-loss flag
+
+    def __init__(self, stage: str, every: int = EVERY) -> None:
         self.stage, self.every = stage, every
         self.first_bad: torch.Tensor | None = None  # on the GPU: (step, loss) of the first bad loss; step -1 if none
 
@@ -87,6 +89,10 @@ class FiniteLoss(L.Callback):
         raise TrainingError(f"{self.stage}: the loss is {loss} at step {step}; the run stops here and {kept}")
 
 
+def _no_sigterm_broadcast() -> None:
+    """Stands in for Lightning's per-step SIGTERM broadcast under DDP while LastCheckpoint handles SIGTERM."""
+
+
 class LastCheckpoint(Checkpoint):
     """Keeps one checkpoint, last.ckpt in the trainer's default_root_dir: every `every_n_steps`
     steps or `every_n_epochs` epochs, but at most once in `min_interval_s` seconds after the first
@@ -102,7 +108,8 @@ class LastCheckpoint(Checkpoint):
     set for it (Lightning's, on SLURM: it saves hpc_ckpt_N.ckpt and requeues the job): that handler
     runs at the end of the step under way, in every process. Under DDP the processes agree every
     DDP_EVERY steps whether any of them got a signal (one all-reduce of two numbers), so all act
-    after the same step, whichever got it and whenever. (Lightning's handlers act mid-step, inside
+    after the same step, whichever got it and whenever; Lightning's own broadcast of its SIGTERM flag
+    at every step is off meanwhile. (Lightning's handlers act mid-step, inside
     the signal handler: under DDP its SIGTERM handler broadcasts there and its SIGUSR1 handler saves
     a checkpoint, whose collectives met other collectives of the other process: the run hung. Lightning
     issue #21406.) Before the first step (K-means) Lightning's handling stays: the run stops at once
@@ -111,9 +118,9 @@ class LastCheckpoint(Checkpoint):
 
     STOPS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}  # signals that stop the run, as the log names them
     REQUEUE = signal.SIGUSR1  # Lightning's SLURM requeue signal (SLURMEnvironment.requeue_signal's default)
-    # under DDP, steps between two checks for a signal: an all-reduce took 0.4 ms with gloo on 2 cores,
-    # 2% of a DDP step of the digits at every step
-    DDP_EVERY = 10
+    # under DDP, steps between two checks for a signal; reading the check's result waits for the GPU,
+    # so on the steps where FiniteLoss waits for it anyway (an all-reduce took 0.4 ms with gloo on 2 cores)
+    DDP_EVERY = FiniteLoss.EVERY
 
     def __init__(self, every_n_steps: int = 0, every_n_epochs: int = 0, min_interval_s: float = 0.0) -> None:
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
@@ -124,6 +131,7 @@ class LastCheckpoint(Checkpoint):
         self.requeue = False  # SIGUSR1 came in a training step: run its handler after the step under way
         self._handlers: dict[int, Any] = {}  # each signal's handler before this stage's, while this stage's is set
         self._when = ""  # how soon a signal is acted on, for its log line
+        self._loop: Any = None  # Lightning's training epoch loop, while its per-step SIGTERM broadcast is off
 
     def save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self.saved_step:
@@ -149,11 +157,20 @@ class LastCheckpoint(Checkpoint):
             if before not in (signal.SIG_IGN, None) and (signum != self.REQUEUE or before != signal.SIG_DFL):
                 self._handlers[signum] = before
                 signal.signal(signum, self._on_signal)
+        if trainer.world_size > 1 and signal.SIGTERM in self._handlers:
+            # Lightning's loop broadcasts at every step whether its SIGTERM handler ran and reads the
+            # answer, which waits for the GPU at every step; that handler is this one now, and
+            # _act_on_signals agrees on signals every DDP_EVERY steps
+            self._loop = trainer.fit_loop.epoch_loop
+            self._loop._broadcast_sigterm_tensor = _no_sigterm_broadcast
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._handlers.items():
             signal.signal(signum, handler)
         self._handlers = {}
+        if self._loop is not None:
+            vars(self._loop).pop("_broadcast_sigterm_tensor", None)
+            self._loop = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum == self.REQUEUE:

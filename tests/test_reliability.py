@@ -21,7 +21,7 @@ from deep_clustering.callbacks import LastCheckpoint
 from deep_clustering.data import ImageDataModule, load_digits
 from deep_clustering.models import ConvAutoencoder
 from deep_clustering.pretrain import AutoencoderModule
-from tests.conftest import ROOT, free_port, run_train, sigint_as_in_a_terminal
+from tests.conftest import ROOT, free_port, run_train, sigint_as_in_a_terminal, spawn
 
 
 def start(
@@ -239,7 +239,7 @@ def test_a_ddp_run_stopped_by_signals_resumes_to_the_uninterrupted_run(tmp_path)
     lines = ended([proc])[0].strip().splitlines()
     assert lines[-1] == f"stopped by SIGTERM; continue with: python train.py resume={run}", lines[-20:]
     assert sum(line.startswith("stopped by") for line in lines) == 1, lines
-    assert in_log(run, "SIGTERM: the run stops after at most 10 steps, saved there")()
+    assert in_log(run, f"SIGTERM: the run stops after at most {LastCheckpoint.DDP_EVERY} steps, saved there")()
     assert saved_at(ckpt) >= sent and not (run / "autoencoder.pt").exists()
     deadline = time.monotonic() + 30
     while still_running(run) and time.monotonic() < deadline:
@@ -287,6 +287,55 @@ class OnDiskAtEachSave(L.Callback):
         events.Reload()
         steps = [e.step for e in events.Scalars(self.tag)] if self.tag in events.Tags()["scalars"] else []
         self.seen.append((checkpoint["global_step"], steps))
+
+
+def _ddp_collectives_worker(rank: int, port: int, out: str) -> None:
+    """One of two processes of a DDP refinement (gloo) with LastCheckpoint: the steps at which its
+    training steps broadcast and all-reduce, and whether Lightning's loop is as it was after the fit."""
+    from tests.test_refine import refinement
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank), NODE_RANK="0")
+    steps, trainer = {"broadcast": [], "all_reduce": []}, None
+    for name in steps:  # in this process only
+        original = getattr(torch.distributed, name)
+
+        def noted(*args, _original=original, _name=name, **kwargs):
+            if trainer is not None and trainer.training and trainer.global_step > 0:
+                steps[_name].append(trainer.global_step)
+            return _original(*args, **kwargs)
+
+        setattr(torch.distributed, name, noted)
+    data = load_digits()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        logger=False,
+        callbacks=[LastCheckpoint()],
+        default_root_dir=out,
+        max_steps=100,
+        max_epochs=-1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # ImageDataModule shards the batches itself
+    )
+    trainer.fit(refinement(data, ConvAutoencoder(1, (8, 8)).state_dict()), ImageDataModule(data, 64, seed=0))
+    restored = "_broadcast_sigterm_tensor" not in vars(trainer.fit_loop.epoch_loop)
+    torch.save((steps, restored), f"{out}/collectives.{rank}")
+
+
+def test_ddp_training_steps_agree_on_signals_every_ddp_every_steps_not_at_every_step(tmp_path):
+    # Lightning's loop broadcasts at every DDP step whether its SIGTERM handler ran (99 broadcasts in
+    # these 100 steps), and reading the answer waits for the GPU; LastCheckpoint handles SIGTERM in
+    # the steps, and its processes agree on signals every DDP_EVERY steps (the refreshes of P, every
+    # 30 steps, all-reduce their own sums)
+    spawn(_ddp_collectives_worker, free_port(), str(tmp_path))
+    for rank in range(2):
+        steps, restored = torch.load(tmp_path / f"collectives.{rank}")
+        assert steps["broadcast"] == []
+        every = LastCheckpoint.DDP_EVERY
+        assert {s for s in steps["all_reduce"] if s % 30} == set(range(every, 101, every)), steps["all_reduce"]
+        assert restored
 
 
 def test_each_epochs_loss_is_on_disk_before_its_checkpoint(tmp_path):
