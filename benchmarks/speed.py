@@ -39,6 +39,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from sklearn.cluster import KMeans
+from sklearn.mixture import GaussianMixture
 from torch.utils.tensorboard import SummaryWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +98,13 @@ def timed(fn, device: torch.device, repeat: int = 5) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def fit_seconds(estimator, x) -> tuple[float, object]:
+    """Seconds of one scikit-learn fit, and the fitted estimator."""
+    start = time.perf_counter()
+    estimator.fit(x)
+    return time.perf_counter() - start, estimator
+
+
 def our_pretrain(cfg, data, epochs: int):
     """`epochs` pretraining epochs through the trainer: (module, device, median epoch seconds after
     the first)."""
@@ -132,21 +141,15 @@ def ours(cfg, data, epochs: int, refine_iters: int) -> dict:
     out.update({"pretrain_epoch_s": epoch_s, "pretrain_images_per_s": len(data) / epoch_s})
     encoder = autoencoder.encoder.to(device).eval()
     out["embed_s"], codes = timed(lambda: embed_all(encoder, data, None, device), device)
+    host = codes.cpu().numpy()
     out["kmeans_torch_s"], km = timed(lambda: kmeans(codes, cfg.n_clusters, n_init=20, seed=0), device, repeat=3)
     out["kmeans_torch_inertia"] = km.inertia
-    from sklearn.cluster import KMeans
-
-    start = time.perf_counter()
-    fit = KMeans(cfg.n_clusters, n_init=20, random_state=0).fit(codes.cpu().numpy())
-    out["kmeans_sklearn_s"] = time.perf_counter() - start
+    out["kmeans_sklearn_s"], fit = fit_seconds(KMeans(cfg.n_clusters, n_init=20, random_state=0), host)
     out["kmeans_sklearn_inertia"] = float(fit.inertia_)
-    out["gmm_torch_s"], mix = timed(lambda: gaussian_mixture(codes, cfg.n_clusters, n_init=3, seed=0), device, repeat=1)
+    mixture = lambda: gaussian_mixture(codes, cfg.n_clusters, n_init=3, seed=0)  # noqa: E731
+    out["gmm_torch_s"], mix = timed(mixture, device, repeat=1)
     out["gmm_torch_log_likelihood"] = mix.log_likelihood
-    from sklearn.mixture import GaussianMixture
-
-    start = time.perf_counter()
-    fit = GaussianMixture(cfg.n_clusters, n_init=3, random_state=0).fit(codes.cpu().numpy())
-    out["gmm_sklearn_s"] = time.perf_counter() - start
+    out["gmm_sklearn_s"], fit = fit_seconds(GaussianMixture(cfg.n_clusters, n_init=3, random_state=0), host)
     out["gmm_sklearn_log_likelihood"] = float(fit.lower_bound_)
 
     def refresh():
