@@ -234,14 +234,16 @@ class DECModule(L.LightningModule):
         largest = max(sizes) / labels.numel()
         metrics = {"refine/delta_label": float(self.delta_label), "refine/largest_cluster": largest}
         metrics.update(self._interval_means())
+        # the bar's values as tensors on the host: Lightning reads them at every step's end, which
+        # for a tensor on a GPU would wait for it at every step
         if "refine/kl" in metrics:
-            self.log("kl", metrics["refine/kl"], prog_bar=True, logger=False)
+            self.log("kl", torch.tensor(metrics["refine/kl"]), prog_bar=True, logger=False)
         if self.trainer.is_global_zero:
             warn_if_collapsed(sizes, f"refine step {self.global_step}")
         targets = self.trainer.datamodule.data.labels
         if targets is not None:
             metrics.update({f"val/{k}": v for k, v in external_metrics(labels, targets).items()})
-        self.log("delta", float(self.delta_label), prog_bar=True, logger=False)
+        self.log("delta", torch.tensor(float(self.delta_label)), prog_bar=True, logger=False)
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_step)
             if self.trainer.is_global_zero and isinstance(self.logger, TensorBoardLogger):

@@ -2,12 +2,14 @@
 
 import json
 
+import lightning as L
 import pytest
 import torch
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
 
 from deep_clustering.baselines import run_baselines
+from deep_clustering.callbacks import FiniteLoss
 from deep_clustering.data import ImageSet
 from deep_clustering.distributed import embed_all
 from deep_clustering.gmm import gaussian_mixture
@@ -100,6 +102,37 @@ def test_a_run_on_the_gpu_with_and_without_graphs(tmp_path):
         metrics = json.loads((tmp_path / graphs / "metrics.json").read_text())
         assert metrics["device"].startswith("cuda: ") and metrics["cuda_graphs"] == (graphs == "true")
         assert metrics["acc"] > 0.7
+
+
+class NoWaitForTheGpu(L.Callback):
+    """Makes any wait for the GPU an error (torch.cuda.set_sync_debug_mode) from the start of each
+    step of `steps[stage]` to the start of the next: the steps must hold no refresh of P, no
+    checkpoint and no read of the loss check (every FiniteLoss.EVERY steps)."""
+
+    def __init__(self, steps: dict[str, range]) -> None:
+        self.steps, self.checked = steps, {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        stage = type(pl_module).__name__
+        watched = trainer.global_step in self.steps[stage]
+        self.checked[stage] = self.checked.get(stage, 0) + watched
+        torch.cuda.set_sync_debug_mode("error" if watched else "default")
+
+    def on_train_end(self, *args) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("graphed", [False, True])
+def test_no_training_step_waits_for_the_gpu(tmp_path, graphed):
+    # between the refreshes of P (every 10 steps here) and the loss check's reads, a step queues its
+    # work and returns: a read of a GPU tensor on the host (a value logged for the progress bar,
+    # which Lightning reads at every step's end; a flag) would make every step wait for the GPU
+    window = NoWaitForTheGpu({"AutoencoderModule": range(5, 25), "DECModule": range(12, 19)})
+    try:
+        train_both_stages(tmp_path, graphed, accelerator="gpu", callbacks=[FiniteLoss("test"), window])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert window.checked == {"AutoencoderModule": 20, "DECModule": 7}
 
 
 def test_captured_steps_under_ddp_train_as_ddp_on_the_gpu(tmp_path, monkeypatch):
