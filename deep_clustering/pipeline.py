@@ -234,7 +234,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoard
         FiniteLoss(stage),  # before LastCheckpoint (Lightning calls it last): a save sees its step's loss checked
         LastCheckpoint(**every, min_interval_s=cfg.checkpoint.min_interval_s),
         *([LearningRateMonitor()] if logger else []),
-        # the bar reads the losses, which waits for a GPU: every 10 steps rather than every step
+        # a redraw is host time in the step (its values are host numbers): every 10 steps rather than every step
         *([TQDMProgressBar(refresh_rate=10)] if bar else []),
     ]
     return instantiate(
