@@ -98,16 +98,18 @@ def _e_step(xs: Tensor, params: Params, chunk: int) -> tuple[Tensor, Sums]:
 def _sums_of_partitions(xs: Tensor, labels: Tensor, k: int, chunk: int) -> Sums:
     """The sums of `_e_step` for responsibilities that are each start's (R, N) partition: a pass for
     the partitions' means, a second for the sums around them."""
-    r, d = labels.shape[0], xs.shape[1]
-    onehots = [
-        torch.zeros(r, k, xc.shape[0], dtype=xs.dtype, device=xs.device).scatter_(1, lc.unsqueeze(1), 1.0)
-        for xc, lc in zip(xs.split(chunk), labels.split(chunk, dim=1))
-    ]
-    zero = torch.zeros(r, k, d, dtype=xs.dtype, device=xs.device)
-    nk, sx = (sum(parts) for parts in zip(*((h.sum(-1), h @ xc) for h, xc in zip(onehots, xs.split(chunk)))))
-    centre = sx / nk.clamp_min(1).unsqueeze(-1) + zero
+
+    def onehots():  # (n, D) samples and their (R, K, n) one-hot responsibilities, a chunk at a time
+        for xc, lc in zip(xs.split(chunk), labels.split(chunk, dim=1)):
+            h = torch.zeros(labels.shape[0], k, len(xc), dtype=xs.dtype, device=xs.device)
+            yield xc, h.scatter_(1, lc.unsqueeze(1), 1.0)
+
+    nk = sx = 0
+    for xc, h in onehots():
+        nk, sx = nk + h.sum(dim=-1), sx + h @ xc
+    centre = sx / nk.clamp_min(1).unsqueeze(-1)
     sums = None
-    for h, xc in zip(onehots, xs.split(chunk)):
+    for xc, h in onehots():
         sums = _add(sums, h, xc - centre.unsqueeze(-2))
     return (*sums, centre)
 
