@@ -6,9 +6,10 @@ from torch import Tensor
 
 from deep_clustering.config import BASELINES
 from deep_clustering.errors import InputError
-from deep_clustering.gmm import gaussian_mixture
-from deep_clustering.kmeans import kmeans
+from deep_clustering.kmeans import fit_clusters
 from deep_clustering.metrics import external_metrics, internal_metrics
+
+RESTARTS = {"kmeans": 20, "gmm": 3}  # the restarts of the baselines that kmeans.fit_clusters runs
 
 
 def cluster_codes(name: str, codes: Tensor, n_clusters: int, seed: int = 0) -> Tensor:
@@ -16,19 +17,12 @@ def cluster_codes(name: str, codes: Tensor, n_clusters: int, seed: int = 0) -> T
     (full covariances, 3 restarts), each in torch for codes on a GPU and scikit-learn's otherwise, as
     the initialisation; or by HDBSCAN (which picks its own number of clusters; noise points
     get a cluster of their own)."""
-    from sklearn.cluster import HDBSCAN, KMeans
-    from sklearn.mixture import GaussianMixture
+    from sklearn.cluster import HDBSCAN
 
-    if name == "kmeans" and codes.is_cuda:
-        return kmeans(codes, n_clusters, n_init=20, seed=seed).labels
-    if name == "gmm" and codes.is_cuda:
-        return gaussian_mixture(codes, n_clusters, n_init=3, seed=seed).labels
+    if name in RESTARTS:
+        return fit_clusters(codes, name, n_clusters, RESTARTS[name], seed)[1]
     x = codes.float().cpu().numpy()
-    if name == "kmeans":
-        labels = KMeans(n_clusters, n_init=20, random_state=seed).fit_predict(x)
-    elif name == "gmm":
-        labels = GaussianMixture(n_clusters, n_init=3, random_state=seed).fit_predict(x)
-    elif name == "hdbscan":
+    if name == "hdbscan":
         labels = HDBSCAN(min_cluster_size=max(5, len(x) // (20 * n_clusters)), copy=True).fit_predict(x)
         labels = np.where(labels < 0, labels.max() + 1, labels)
     else:

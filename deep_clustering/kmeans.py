@@ -195,27 +195,7 @@ class KMeansInit:
                 z = z[subset]
             mapped = tsne_map(z.cpu().numpy(), self.seed, self.tsne_iters, self.tsne_lr_scale, self.tsne_angle)
             points = torch.from_numpy(mapped).float().to(z.device)
-        backend = self.backend
-        if backend == "auto":
-            backend = "torch" if points.is_cuda else "sklearn"
-        if self.clusterer == "gmm" and backend == "torch":
-            from deep_clustering.gmm import gaussian_mixture
-
-            labels = gaussian_mixture(points, self.n_clusters, n_init=self.n_init, seed=self.seed).labels
-        elif self.clusterer == "gmm":
-            from sklearn.mixture import GaussianMixture
-
-            mixture = GaussianMixture(self.n_clusters, n_init=self.n_init, random_state=self.seed)
-            labels = torch.from_numpy(mixture.fit_predict(points.cpu().numpy())).long().to(z.device)
-        elif backend == "torch":
-            result = kmeans(points, self.n_clusters, n_init=self.n_init, seed=self.seed)
-            centers, labels = result.centers, result.labels
-        else:
-            from sklearn.cluster import KMeans
-
-            fit = KMeans(self.n_clusters, n_init=self.n_init, random_state=self.seed).fit(points.cpu().numpy())
-            centers = torch.from_numpy(fit.cluster_centers_).float().to(z.device)
-            labels = torch.from_numpy(fit.labels_).long().to(z.device)
+        centers, labels = fit_clusters(points, self.clusterer, self.n_clusters, self.n_init, self.seed, self.backend)
         if manifold != "none" or self.clusterer != "kmeans":
             counts = torch.bincount(labels, minlength=self.n_clusters).clamp_min(1)
             sums = torch.zeros(self.n_clusters, z.shape[1], device=z.device).index_add_(0, labels, z.float())
@@ -223,6 +203,34 @@ class KMeansInit:
         if subset is not None:
             labels = torch.cdist(codes.float(), centers).argmin(1).index_copy_(0, subset, labels)
         return centers, labels
+
+
+def fit_clusters(
+    points: Tensor, clusterer: str, n_clusters: int, n_init: int, seed: int, backend: str = "auto"
+) -> tuple[Tensor | None, Tensor]:
+    """K-means' or a Gaussian mixture's partition of (N, D) points -> (the K-means centres, None for
+    the mixture; (N,) labels), on the points' device. `backend`: 'torch' (this module, gmm.py),
+    'sklearn', or 'auto' (torch for points on a GPU, scikit-learn's on the CPU)."""
+    if backend == "auto":
+        backend = "torch" if points.is_cuda else "sklearn"
+    if backend == "torch" and clusterer == "gmm":
+        from deep_clustering.gmm import gaussian_mixture
+
+        return None, gaussian_mixture(points, n_clusters, n_init=n_init, seed=seed).labels
+    if backend == "torch":
+        result = kmeans(points, n_clusters, n_init=n_init, seed=seed)
+        return result.centers, result.labels
+    x = points.float().cpu().numpy()
+    if clusterer == "gmm":
+        from sklearn.mixture import GaussianMixture
+
+        labels = GaussianMixture(n_clusters, n_init=n_init, random_state=seed).fit_predict(x)
+        return None, torch.from_numpy(labels).long().to(points.device)
+    from sklearn.cluster import KMeans
+
+    fit = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(x)
+    centers = torch.from_numpy(fit.cluster_centers_).float().to(points.device)
+    return centers, torch.from_numpy(fit.labels_).long().to(points.device)
 
 
 def tsne_map(x: np.ndarray, seed: int, iters: int = 1000, lr_scale: float = 1.0, angle: float = 0.5) -> np.ndarray:
