@@ -55,10 +55,10 @@ def gaussian_mixture(
     n, d = x.shape
     if not 1 <= n_components <= n:
         raise InputError(f"n_components={n_components} must be between 1 and the number of samples ({n})")
-    _, starts, _ = kmeans_restarts(x, n_components, n_init, seed=seed)  # (R, N)
+    centres, starts, _ = kmeans_restarts(x, n_components, n_init, seed=seed)  # (R, K, D), (R, N)
     xs = x.double()
     chunk = max(1, chunk_elements // (n_init * n_components * d))
-    params = _m_step(_sums_of_partitions(xs, starts, n_components, chunk), n, reg_covar)
+    params = _m_step(_sums_of_partitions(xs, starts, centres.double(), chunk), n, reg_covar)
     bound = torch.full((n_init,), -math.inf, dtype=xs.dtype, device=xs.device)
     done = torch.zeros(n_init, dtype=torch.bool, device=xs.device)
     for _ in range(max_iter):
@@ -95,23 +95,16 @@ def _e_step(xs: Tensor, params: Params, chunk: int) -> tuple[Tensor, Sums]:
     return total / xs.shape[0], (*sums, params[1])
 
 
-def _sums_of_partitions(xs: Tensor, labels: Tensor, k: int, chunk: int) -> Sums:
-    """The sums of `_e_step` for responsibilities that are each start's (R, N) partition: a pass for
-    the partitions' means, a second for the sums around them."""
-
-    def onehots():  # (n, D) samples and their (R, K, n) one-hot responsibilities, a chunk at a time
-        for xc, lc in zip(xs.split(chunk), labels.split(chunk, dim=1)):
-            h = torch.zeros(labels.shape[0], k, len(xc), dtype=xs.dtype, device=xs.device)
-            yield xc, h.scatter_(1, lc.unsqueeze(1), 1.0)
-
-    nk = sx = 0
-    for xc, h in onehots():
-        nk, sx = nk + h.sum(dim=-1), sx + h @ xc
-    centre = sx / nk.clamp_min(1).unsqueeze(-1)
+def _sums_of_partitions(xs: Tensor, labels: Tensor, centres: Tensor, chunk: int) -> Sums:
+    """The sums of `_e_step` for responsibilities that are each start's (R, N) partition, around its
+    K-means centres (R, K, D). An empty cluster adds nothing to them, so its centre becomes 0, and
+    with it its mean, as scikit-learn's."""
+    r, k = centres.shape[:2]
     sums = None
-    for xc, h in onehots():
-        sums = _add(sums, h, xc - centre.unsqueeze(-2))
-    return (*sums, centre)
+    for xc, lc in zip(xs.split(chunk), labels.split(chunk, dim=1)):
+        h = torch.zeros(r, k, len(xc), dtype=xs.dtype, device=xs.device).scatter_(1, lc.unsqueeze(1), 1.0)
+        sums = _add(sums, h, xc - centres.unsqueeze(-2))
+    return (*sums, centres * (sums[0] > 0).unsqueeze(-1))
 
 
 def _add(sums: tuple[Tensor, Tensor, Tensor] | None, resp: Tensor, diff: Tensor) -> tuple[Tensor, Tensor, Tensor]:
