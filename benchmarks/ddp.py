@@ -34,6 +34,7 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = tempfile.TemporaryDirectory(prefix="dc-ddp-")  # runs' folders (33 MB checkpoints), removed at exit
 
 
 def start(npz: str, epochs: int, folder: Path, ddp: bool) -> subprocess.Popen:
@@ -110,7 +111,7 @@ def worker(args: list[str], ddp: bool) -> dict:
 
 def run(npz: str, epochs: int, way: str, n: int) -> list[float]:
     """Images/s of each process of one way of running."""
-    folders = [Path(tempfile.mkdtemp()) / "run" for _ in range(2 if way == "independent" else 1)]
+    folders = [Path(tempfile.mkdtemp(dir=SCRATCH.name)) / "run" for _ in range(2 if way == "independent" else 1)]
     procs = [start(npz, epochs, f, ddp=way == "ddp") for f in folders]
     for p in procs:
         _, err = p.communicate()

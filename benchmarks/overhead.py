@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = tempfile.TemporaryDirectory(prefix="dc-overhead-")  # runs' folders (33 MB checkpoints), removed at exit
 sys.path.insert(0, str(ROOT))
 
 from deep_clustering.callbacks import FiniteLoss, LastCheckpoint  # noqa: E402
@@ -73,7 +74,7 @@ def trainer_step_ms(data: ImageSet, graphed: bool, epochs: int, stage: str) -> f
         enable_model_summary=False,
         callbacks=[FiniteLoss(stage), LastCheckpoint(every_n_epochs=10**6)],
         use_distributed_sampler=False,
-        default_root_dir=tempfile.mkdtemp(),  # where LastCheckpoint writes
+        default_root_dir=tempfile.mkdtemp(dir=SCRATCH.name),  # where LastCheckpoint writes
     )
     adam = partial(torch.optim.Adam, lr=1e-3, capturable=graphed and torch.cuda.is_available())
     model = Tiny()
