@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; medians are reported")
     parser.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.epochs < 2:  # images/s is read between two epochs' ends
+        parser.error(f"--epochs {args.epochs}: at least 2")
     if args.bare_worker:
         return bare_worker(args.npz, args.epochs)
     with np.load(args.npz) as arrays:
