@@ -113,54 +113,74 @@ class ImageSet:
 def from_arrays(
     x: np.ndarray, y: np.ndarray | None, source: str, pixel_range: tuple[float, float] | None = None
 ) -> ImageSet:
-    """(N, H, W), (N, H, W, C) or (N, C, H, W) arrays of any numeric type -> ImageSet in [0, 1].
+    """(N, H, W), (N, C, H, W) or (N, H, W, C) arrays of any numeric type -> ImageSet in [0, 1].
 
-    uint8 pixels are divided by 255 and floats in [0, 1] kept as they are; other arrays (other
-    integers, floats outside [0, 1]) are mapped from `pixel_range` (lo, hi: lo to 0, hi to 1) where
-    given, a trained model's, so that new images are scaled as its training images were whatever
-    their own values; otherwise integers are divided by their maximum and floats mapped from their
-    minimum and maximum. The range used is recorded in the ImageSet."""
+    A 4-D array is channels last when its last axis is the shortest of the three, else channels
+    first. uint8 pixels are divided by 255 and floats in [0, 1] kept as they are; other arrays
+    (other integers, floats outside [0, 1]) are mapped from their range (lo to 0, hi to 1):
+    integers from min(0, their minimum) to their maximum, floats from their minimum to their
+    maximum. `pixel_range`, a trained model's, scales new images as its training images were:
+    from that range, whatever their own values and dtype, where training took another than
+    uint8's or [0, 1]'s. The range used is recorded in the ImageSet."""
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3):  # channels last
+    elif x.ndim == 4 and x.shape[3] < min(x.shape[1], x.shape[2]):  # channels last
         x = x.transpose(0, 3, 1, 2)
     elif x.ndim != 4:
-        raise InputError(f"{source}: images must be (N, H, W) or (N, H, W, C), got shape {x.shape}")
+        raise InputError(f"{source}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got shape {x.shape}")
     if x.shape[0] == 0:
         raise InputError(f"{source}: holds no images")
-    if not np.issubdtype(x.dtype, np.number):
-        raise InputError(f"{source}: images must be numbers, got dtype {x.dtype}")
-    if not np.issubdtype(x.dtype, np.integer):
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise InputError(f"{source}: images must be real numbers, got dtype {x.dtype}")
+    integer = np.issubdtype(x.dtype, np.integer)
+    if not integer:
         bad = ~np.isfinite(x)
         if bad.any():
             first = np.argwhere(bad)[0][0]
             raise InputError(f"{source}: {int(bad.sum())} NaN or infinite pixel values (first in image {first})")
     images = torch.from_numpy(x.astype(np.float32))
     own = (float(images.min()), float(images.max()))
-    if x.dtype == np.uint8:
+    usual = pixel_range is None or tuple(pixel_range) in ((0.0, 1.0), (0.0, 255.0))  # trained on uint8 or [0, 1]
+    if x.dtype == np.uint8 and usual:
         pixel_range = (0.0, 255.0)
-    elif not np.issubdtype(x.dtype, np.integer) and own[0] >= 0 and own[1] <= 1:
+    elif not integer and own[0] >= 0 and own[1] <= 1 and usual:
         pixel_range = (0.0, 1.0)
     elif pixel_range is None:
-        pixel_range = (0.0, float(max(own[1], 1))) if np.issubdtype(x.dtype, np.integer) else own
-    elif own[0] < pixel_range[0] or own[1] > pixel_range[1] or own[1] - own[0] < (pixel_range[1] - pixel_range[0]) / 16:
-        log.warning(
-            "%s: pixel values in [%g, %g], scaled as the model's training images were, from [%g, %g]",
-            source,
-            *own,
-            *pixel_range,
-        )
+        pixel_range = (min(own[0], 0.0), max(own[1], 1.0)) if integer else own
+    else:  # a trained model's range: a warning where these images stray from it by over 1/16 of it, or fill 1/16 of it
+        lo, hi = pixel_range
+        if own[0] < lo - (hi - lo) / 16 or own[1] > hi + (hi - lo) / 16 or own[1] - own[0] < (hi - lo) / 16:
+            log.warning(
+                "%s: pixel values in [%g, %g], scaled as the model's training images were, from [%g, %g]",
+                source,
+                *own,
+                lo,
+                hi,
+            )
     lo, hi = (float(v) for v in pixel_range)
     if (lo, hi) != (0.0, 1.0):
         images.sub_(lo).div_(max(hi - lo, 1e-12))  # in place: the copy astype made is ours
-    labels = None
-    if y is not None:
-        y = np.asarray(y).reshape(-1)
-        if y.shape[0] != images.shape[0]:
-            raise InputError(f"{source}: {images.shape[0]} images but {y.shape[0]} labels")
-        labels = torch.from_numpy(y.astype(np.int64))
-    return ImageSet(images.contiguous(), labels, pixel_range=(lo, hi))
+    return ImageSet(images.contiguous(), _labels(y, images.shape[0], source), pixel_range=(lo, hi))
+
+
+def _labels(y: np.ndarray | None, n: int, source: str) -> Tensor | None:
+    """(n,) whole-number labels as int64, or None; an InputError for other values or another count."""
+    if y is None:
+        return None
+    y = np.asarray(y).reshape(-1)
+    if y.shape[0] != n:
+        raise InputError(f"{source}: {n} images but {y.shape[0]} labels")
+    whole = (
+        np.issubdtype(y.dtype, np.integer)
+        or y.dtype == bool
+        or (np.issubdtype(y.dtype, np.floating) and bool(np.all(np.isfinite(y) & (y == np.round(y)))))
+    )
+    if not whole:
+        raise InputError(
+            f"{source}: labels must be whole numbers (class indices), got dtype {y.dtype}, e.g. {y[0].item()!r}"
+        )
+    return torch.from_numpy(y.astype(np.int64))
 
 
 def _pick(split: str, train: tuple, test: tuple | None, source: str) -> tuple:
@@ -176,6 +196,11 @@ def _pick(split: str, train: tuple, test: tuple | None, source: str) -> tuple:
         raise InputError(
             f"{source}: data.split=all joins train and test, but their images are {train[0].shape[1:]} and "
             f"{test[0].shape[1:]}: make them alike, or take data.split=train or test"
+        )
+    if train[0].dtype != test[0].dtype:  # one array, scaled by one rule: uint8 beside floats in [0, 1] would be black
+        raise InputError(
+            f"{source}: data.split=all joins train and test, but their images are {train[0].dtype} and "
+            f"{test[0].dtype}: give both one dtype and scale, or take data.split=train or test"
         )
     if (train[1] is None) != (test[1] is None):
         log.warning("%s: only one of the splits has labels: train and test together are unlabelled", source)
@@ -293,10 +318,10 @@ def load_image_folder(
     classes = sorted({r.parts[0] for r in rel})
     if labels == "auto" and all(len(r.parts) > 1 for r in rel) and len(classes) > 1:  # one folder: no classes
         y = np.array([classes.index(r.parts[0]) for r in rel])
-    if in_memory:
-        out = from_arrays(images, y, str(root))
+    targets = torch.from_numpy(y) if y is not None else None
+    if in_memory:  # (N, C, H, W) uint8: the layout is known, not guessed as from_arrays must
+        out = ImageSet(torch.from_numpy(images).float().div_(255), targets, pixel_range=(0.0, 255.0))
     else:
-        targets = torch.from_numpy(y) if y is not None else None
         out = ImageSet(images, targets, pixel_range=(0.0, 255.0), workers=loader_workers)  # uint8 in the file
     out.files, out.skipped = kept, bad
     out.class_names = classes if y is not None else None

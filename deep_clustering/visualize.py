@@ -29,6 +29,12 @@ def most_confident(q: Tensor, per_cluster: int) -> Tensor:
     return torch.nn.functional.pad(best, (0, per_cluster - best.shape[1]), value=-1)
 
 
+def viewable(images: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, 3, H, W) to show: RGB as it is, RGBA's RGB, any other channel count's first channel
+    in gray (TensorBoard's and PNG's images hold 1, 3 or 4 channels, and a fourth is transparency)."""
+    return images[:, :3] if images.shape[1] in (3, 4) else images[:, :1].expand(-1, 3, -1, -1)
+
+
 def confident_grid(images: Tensor, q: Tensor, per_cluster: int = 10) -> Tensor:
     """The most confident samples of every cluster, one row per cluster (blank where a cluster has
     fewer members). Only those samples' indices leave q's device.
@@ -41,8 +47,8 @@ def confident_grid(images: Tensor, q: Tensor, per_cluster: int = 10) -> Tensor:
         (3, rows * (H + 2) + 2, per_cluster * (W + 2) + 2) image for `add_image`.
     """
     best = most_confident(q, per_cluster).flatten().cpu()
-    tiles = torch.zeros(len(best), *images.shape[1:])
-    tiles[best >= 0] = images[best[best >= 0]].float()
+    tiles = torch.zeros(len(best), 3, *images.shape[2:])
+    tiles[best >= 0] = viewable(images[best[best >= 0]].float())
     return make_grid(tiles, nrow=per_cluster, padding=2, pad_value=0.5).clamp(0, 1)
 
 
@@ -53,7 +59,7 @@ def contact_sheet(images: Tensor, confidence: Tensor, max_images: int = 64, per_
         images: (N, C, H, W) the cluster's images; confidence: (N,) their q for the cluster.
     """
     best = confidence.argsort(descending=True)[:max_images]
-    return make_grid(images[best].float(), nrow=per_row, padding=2, pad_value=1.0).clamp(0, 1)
+    return make_grid(viewable(images[best].float()), nrow=per_row, padding=2, pad_value=1.0).clamp(0, 1)
 
 
 def hungarian_order(pred: Tensor, target: Tensor) -> tuple[Tensor, list[int], list[int]]:
@@ -146,13 +152,13 @@ def log_final(
     if labels is not None:
         experiment.add_figure("final/confusion", confusion_figure(pred, labels, class_names), step)
     sample = torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))[:max_points]
-    codes, few_pred, thumbs = codes[sample].float(), pred[sample], images[sample].float()
+    codes, few_pred, thumbs = codes[sample].float(), pred[sample], viewable(images[sample].float())
     if labels is None:
-        experiment.add_embedding(codes, few_pred.tolist(), thumbs.expand(-1, 3, -1, -1), step, tag="latent")
+        experiment.add_embedding(codes, few_pred.tolist(), thumbs, step, tag="latent")
     else:
         meta = [[int(c), class_names[int(t)] if class_names else int(t)] for c, t in zip(few_pred, labels[sample])]
         header = ["cluster", "label"]
-        experiment.add_embedding(codes, meta, thumbs.expand(-1, 3, -1, -1), step, tag="latent", metadata_header=header)
+        experiment.add_embedding(codes, meta, thumbs, step, tag="latent", metadata_header=header)
     maps = {"pca": pca_2d(codes)}
     n = min(len(codes), 500)  # t-SNE costs seconds per thousand points
     maps["tsne"] = torch.from_numpy(tsne_map(codes[:n].numpy(), 0, **(tsne or {})))

@@ -47,6 +47,10 @@ def test_npz_without_labels_or_test(tmp_path):
         ({"x_train": np.full((5, 4, 4), np.nan)}, "NaN"),
         ({"x_train": np.zeros((5, 4, 4)), "y_train": np.zeros(4)}, "5 images but 4 labels"),
         ({"x_train": np.zeros((5, 4, 4)), "x_test": np.zeros((2, 5, 5))}, r"their images are \(4, 4\) and \(5, 5\)"),
+        # one rule scales the joined array: uint8 beside floats in [0, 1] would leave the floats black
+        ({"x_train": np.zeros((5, 4, 4), np.uint8), "x_test": np.zeros((2, 4, 4))}, "are uint8 and float64"),
+        ({"x_train": np.zeros((3, 4, 4)), "y_train": np.array(list("abc"))}, "labels must be whole numbers"),
+        ({"x_train": np.zeros((3, 4, 4)), "y_train": np.array([0, 0.5, 1])}, r"got dtype float64, e.g. 0.0"),
     ],
 )
 def test_npz_bad_input_names_the_file(tmp_path, arrays, message):
@@ -74,6 +78,45 @@ def test_npz_missing_file():
 def test_float_images_outside_unit_range_are_rescaled():
     d = from_arrays(np.array([[[0.0, 255.0]]], np.float32), None, "x")
     assert d.images.flatten().tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((2, 5, 6), (2, 1, 5, 6)),
+        ((2, 5, 6, 1), (2, 1, 5, 6)),
+        ((2, 1, 5, 6), (2, 1, 5, 6)),
+        ((2, 5, 6, 3), (2, 3, 5, 6)),
+        ((2, 3, 5, 6), (2, 3, 5, 6)),
+        ((2, 5, 6, 2), (2, 2, 5, 6)),  # neither gray nor RGB, channels last: the last axis is the shortest
+        ((2, 2, 5, 6), (2, 2, 5, 6)),
+        ((2, 16, 16, 13), (2, 13, 16, 16)),
+    ],
+)
+def test_arrays_are_channels_last_where_the_last_axis_is_the_shortest(shape, expected):
+    x = np.arange(np.prod(shape)).reshape(shape) % 256
+    d = from_arrays(x.astype(np.uint8), None, "x")
+    assert tuple(d.images.shape) == expected
+    last = len(shape) == 4 and shape[3] < shape[1]
+    pixel = x[1, 4, 5, 0] if last else x[1, 0, 4, 5] if len(shape) == 4 else x[1, 4, 5]
+    assert d.images[1, 0, 4, 5] == pixel / 255
+
+
+def test_signed_integers_map_from_their_range_and_a_models_range_holds_for_any_batch(caplog):
+    d = from_arrays(np.arange(-128, 128, dtype=np.int16).reshape(1, 16, 16), None, "x")
+    assert d.pixel_range == (-128.0, 127.0) and d.images.min() == 0 and d.images.max() == 1
+    # a model trained on floats in [0, 2] scales new images from [0, 2], whatever else is in the batch
+    # (until 2026-12-06 a batch within [0, 1] was kept as it was: the same image clustered by its company)
+    x = np.random.default_rng(0).random((6, 4, 4)) * 2
+    trained = from_arrays(x, None, "x").pixel_range
+    alone = from_arrays(x[:3] / 2, None, "x", trained).images
+    together = from_arrays(np.concatenate([x[:3] / 2, x[3:]]), None, "x", trained).images[:3]
+    torch.testing.assert_close(alone, together)
+    expected = (x[:3, None] / 2 - trained[0]) / (trained[1] - trained[0])
+    torch.testing.assert_close(together, torch.from_numpy(expected).float())
+    assert "scaled as the model's training images were" not in caplog.text  # they lie within its range
+    from_arrays(x * 4, None, "x", trained)
+    assert "pixel values in [0.0" in caplog.text and "scaled as the model's training images were" in caplog.text
 
 
 def _save(path, mode, size, value):
