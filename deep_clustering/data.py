@@ -531,8 +531,10 @@ class ImageDataModule(L.LightningDataModule):
             len(self.data), self.batch_size, self.seed, trainer.global_rank, trainer.world_size, device=device
         )
         # a run resumed mid-epoch goes on with the batch it stopped at, as if never interrupted
-        # (every epoch has len(sampler) steps, so the step count tells where in the epoch it was)
+        # (every epoch has len(sampler) steps, so the step count tells where in the epoch it was),
+        # in that epoch's order: DataLoader workers read the sampler before Lightning sets its epoch
         sampler.skip = trainer.global_step % len(sampler)
+        sampler.set_epoch(trainer.current_epoch)
         # the batches are the DataLoader's sampler, each item a whole batch (batch_size=None), not its
         # batch_sampler: Lightning calls set_epoch on a DataLoader's sampler (and on its batch_sampler's
         # sampler), never on a batch_sampler itself, which would draw the same batches every epoch

@@ -281,6 +281,60 @@ def test_training_draws_new_batches_every_epoch_as_the_sampler_gives_them(tmp_pa
     assert module.seen == expected and module.seen[:5] != module.seen[5:10]
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_run_resumed_mid_epoch_draws_the_batches_the_uninterrupted_run_drew(tmp_path, in_memory):
+    """From a checkpoint in the third epoch, the rest of that epoch's batches in its own order, then the
+    next epoch's. (On disk, DataLoader workers read the sampler before Lightning set its epoch: until
+    2026-12-06 a run resumed there drew the first epoch's order.)"""
+    for i in range(50):
+        _save(tmp_path / "images" / f"{i:02d}.png", "L", (4, 4), i * 5)
+    data = load_image_folder(
+        str(tmp_path / "images"), (4, 4), 1, in_memory=in_memory, cache_dir=str(tmp_path / "cache"), loader_workers=1
+    )
+
+    class Record(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: list[list[int]] = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch[1].tolist())
+            return (self.w * batch[0].mean()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class StopAt12(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 12:  # 5 batches an epoch: the third batch of the third epoch
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+                raise RuntimeError("interrupted")
+
+    def fit(module, callbacks, ckpt_path=None):
+        L.Trainer(
+            accelerator="cpu",
+            max_epochs=4,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            default_root_dir=tmp_path,
+            callbacks=callbacks,
+        ).fit(module, ImageDataModule(data, 10, seed=4), ckpt_path=ckpt_path)
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(Record(), [StopAt12()])
+    resumed = Record()
+    fit(resumed, [], tmp_path / "mid.ckpt")
+    sampler, expected = ShardedBatches(50, 10, seed=4), []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        expected += [b.tolist() for b in sampler]
+    assert resumed.seen == expected[12:]
+
+
 def test_random_affine_is_repeatable_and_bounded():
     from deep_clustering.data import random_affine
 
