@@ -22,7 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -371,7 +371,9 @@ def _cached(
 ) -> tuple[DiskImages, list[str], list[str]]:
     """The folder decoded into cache_dir/KEY.u8 (uint8 rows) and KEY.json (files kept and bad), built
     once per folder content, size and channels; written under temporary names, then renamed."""
-    key = hashlib.sha256(json.dumps([1, str(root.resolve()), shape[1:]]).encode())
+    key = hashlib.sha256(
+        json.dumps([2, str(root.resolve()), shape[1:]]).encode()
+    )  # 2: how images decode (since 2026-12-06, upright by EXIF)
     for f in files:
         st = f.stat() if f.exists() else None
         key.update(f"{f.relative_to(root)}\0{st and st.st_size}\0{st and st.st_mtime_ns}\n".encode())
@@ -404,6 +406,7 @@ def _read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray 
     try:
         with Image.open(path) as img:
             img.load()  # decodes everything, so truncated files fail here
+            ImageOps.exif_transpose(img, in_place=True)  # upright as viewers show it (a phone's photos: EXIF)
             if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float: scale to 8 bits
                 a = np.asarray(img, dtype=np.float32)
                 top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)

@@ -153,6 +153,18 @@ def test_image_folder_labels_modes_and_sizes(tmp_path):
     assert gray.images.shape == (5, 1, 8, 8)
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, in_memory):
+    upright = np.zeros((20, 10), np.uint8)
+    upright[:5] = 255  # a band at the top of a portrait image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to show, as a phone held upright stores it
+    Image.fromarray(np.rot90(upright).copy()).save(tmp_path / "photo.png", exif=exif)
+    d = load_image_folder(str(tmp_path), (20, 10), 1, in_memory=in_memory, cache_dir=str(tmp_path / "cache"))
+    first = d.images[torch.arange(1)][0, 0]  # DiskImages are read by index tensors
+    np.testing.assert_array_equal((first * 255).round().numpy(), upright)
+
+
 def test_image_folder_without_subfolders_has_no_labels(tmp_path):
     _save(tmp_path / "a.png", "L", (8, 8), 0)
     _save(tmp_path / "b.png", "L", (8, 8), 0)
