@@ -62,19 +62,20 @@ def internal_metrics(codes: Tensor, pred: Tensor, max_samples: int = 10000, seed
 
     silhouette (higher is better, in [-1, 1]; on a random subsample of `max_samples`, since it is
     quadratic in N), davies_bouldin (lower is better) and calinski_harabasz (higher is better).
-    NaN where fewer than two clusters are occupied.
+    NaN where fewer than two clusters are occupied or each sample is alone in one (scikit-learn's
+    scores are defined for 2 to N - 1 clusters).
 
     Args:
         codes: (N, D) latent codes.
         pred: (N,) cluster of each sample.
     """
     codes, pred = codes.float(), pred.long().to(codes.device)
-    if pred.unique().numel() < 2:
-        return {"silhouette": float("nan"), "davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
     n = codes.shape[0]
+    if not 2 <= pred.unique().numel() < n:
+        return {"silhouette": float("nan"), "davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
     sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_samples].to(codes.device)
     sil = float("nan")
-    if pred[sample].unique().numel() >= 2:
+    if 2 <= pred[sample].unique().numel() < len(sample):
         sil = silhouette(codes[sample], pred[sample])
     return {
         "silhouette": sil,

@@ -38,9 +38,14 @@ def test_internal_metrics_prefer_the_true_partition():
     assert g["calinski_harabasz"] > b["calinski_harabasz"]
 
 
-def test_internal_metrics_one_cluster_is_nan():
+def test_internal_metrics_one_cluster_or_one_sample_each_is_nan():
     m = internal_metrics(torch.randn(10, 2), torch.zeros(10, dtype=torch.long))
     assert all(math.isnan(v) for v in m.values())
+    # n_clusters equal to the images: scikit-learn's Davies-Bouldin raised, and the run ended in a traceback
+    m = internal_metrics(torch.randn(10, 2), torch.arange(10))
+    assert all(math.isnan(v) for v in m.values())
+    m = internal_metrics(torch.randn(10, 2), torch.arange(10) % 9)  # one pair: defined
+    assert not any(math.isnan(v) for v in m.values())
 
 
 @pytest.mark.parametrize(
