@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -80,6 +81,19 @@ class ImageSet:
     @property
     def image_size(self) -> tuple[int, int]:
         return tuple(self.images.shape[2:])
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What a resumed run checks it has again: the images' shape and labels, and their files or
+        (arrays) the pixels of up to 1,024 images spread over the set. A folder's files, not their
+        pixels, which another machine's image libraries may decode a little differently."""
+        digest = hashlib.sha256(json.dumps([list(self.images.shape), self.files]).encode())
+        if self.labels is not None:
+            digest.update(self.labels.cpu().numpy().tobytes())
+        if self.files is None:
+            few = torch.linspace(0, len(self) - 1, min(len(self), 1024)).round().long().unique()
+            digest.update(self.images[few].cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def on(self, device: torch.device) -> Tensor:
         """The images on `device`, copied there once (in-memory sets only)."""
@@ -552,6 +566,19 @@ class ImageDataModule(L.LightningDataModule):
                 pin_memory=trainer.strategy.root_device.type == "cuda",
             )
         return DataLoader(_Indices(len(self.data)), **one_batch_an_item)
+
+    def state_dict(self) -> dict:
+        """In each checkpoint: what data it was trained on (P and the labels are indexed by sample)."""
+        return {"images": len(self.data), "fingerprint": self.data.fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed run's data must be the data its checkpoint was trained on."""
+        if state["fingerprint"] != self.data.fingerprint:
+            size = f"{len(self.data)} images now, {state['images']} then" if state["images"] != len(self.data) else ""
+            raise InputError(
+                f"resume: the data set changed since the run started ({size or 'other files, labels or pixels'}); "
+                "resume it on the data it started with, or start a new run"
+            )
 
     def on_after_batch_transfer(self, batch: Tensor | tuple, dataloader_idx: int) -> tuple[Tensor, Tensor]:
         if isinstance(batch, (tuple, list)):  # (uint8 images, indices) read from a DiskImages file

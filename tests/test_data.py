@@ -257,40 +257,63 @@ def test_sharded_batches_reshuffle_each_epoch():
     assert torch.equal(first, next(iter(s)))
 
 
-def test_training_draws_new_batches_every_epoch_as_the_sampler_gives_them(tmp_path):
-    """Lightning sets the sampler's epoch: each epoch a new order, the one ShardedBatches gives for it."""
-    data = from_arrays(np.random.default_rng(0).random((50, 4, 4)), None, "random")
+class Record(L.LightningModule):
+    """Notes the sample indices of each batch it trains on."""
 
-    class Record(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.seen: list[list[int]] = []
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[list[int]] = []
 
-        def training_step(self, batch, batch_idx):
-            self.seen.append(batch[1].tolist())
-            return (self.w * batch[0].mean()).sum()
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch[1].tolist())
+        return (self.w * batch[0].mean()).sum()
 
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    module = Record()
+
+class StopAt12(L.Callback):
+    """Saves a checkpoint after step 12 (batch size 10 of 50 samples: the third batch of the third
+    epoch) and ends the fit there."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 12:
+            trainer.save_checkpoint(self.path)
+            raise RuntimeError("interrupted")
+
+
+def fit_batches(data, module, tmp_path, epochs=4, callbacks=(), ckpt_path=None) -> None:
     L.Trainer(
         accelerator="cpu",
-        max_epochs=3,
+        max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
         default_root_dir=tmp_path,
-    ).fit(module, ImageDataModule(data, 10, seed=4))
-    sampler = ShardedBatches(50, 10, seed=4)
-    expected = []
-    for epoch in range(3):
+        callbacks=list(callbacks),
+    ).fit(module, ImageDataModule(data, 10, seed=4), ckpt_path=ckpt_path)
+
+
+def batches_of_epochs(epochs: int) -> list[list[int]]:
+    """The batches ShardedBatches gives 50 samples in batches of 10, seed 4, epoch after epoch."""
+    sampler, batches = ShardedBatches(50, 10, seed=4), []
+    for epoch in range(epochs):
         sampler.set_epoch(epoch)
-        expected += [b.tolist() for b in sampler]
-    assert module.seen == expected and module.seen[:5] != module.seen[5:10]
+        batches += [b.tolist() for b in sampler]
+    return batches
+
+
+def test_training_draws_new_batches_every_epoch_as_the_sampler_gives_them(tmp_path):
+    """Lightning sets the sampler's epoch: each epoch a new order, the one ShardedBatches gives for it."""
+    module = Record()
+    fit_batches(from_arrays(np.random.default_rng(0).random((50, 4, 4)), None, "random"), module, tmp_path, epochs=3)
+    assert module.seen == batches_of_epochs(3) and module.seen[:5] != module.seen[5:10]
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
@@ -303,48 +326,25 @@ def test_a_run_resumed_mid_epoch_draws_the_batches_the_uninterrupted_run_drew(tm
     data = load_image_folder(
         str(tmp_path / "images"), (4, 4), 1, in_memory=in_memory, cache_dir=str(tmp_path / "cache"), loader_workers=1
     )
-
-    class Record(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.seen: list[list[int]] = []
-
-        def training_step(self, batch, batch_idx):
-            self.seen.append(batch[1].tolist())
-            return (self.w * batch[0].mean()).sum()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    class StopAt12(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 12:  # 5 batches an epoch: the third batch of the third epoch
-                trainer.save_checkpoint(tmp_path / "mid.ckpt")
-                raise RuntimeError("interrupted")
-
-    def fit(module, callbacks, ckpt_path=None):
-        L.Trainer(
-            accelerator="cpu",
-            max_epochs=4,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            use_distributed_sampler=False,
-            default_root_dir=tmp_path,
-            callbacks=callbacks,
-        ).fit(module, ImageDataModule(data, 10, seed=4), ckpt_path=ckpt_path)
-
     with pytest.raises(RuntimeError, match="interrupted"):
-        fit(Record(), [StopAt12()])
+        fit_batches(data, Record(), tmp_path, callbacks=[StopAt12(tmp_path / "mid.ckpt")])
     resumed = Record()
-    fit(resumed, [], tmp_path / "mid.ckpt")
-    sampler, expected = ShardedBatches(50, 10, seed=4), []
-    for epoch in range(4):
-        sampler.set_epoch(epoch)
-        expected += [b.tolist() for b in sampler]
-    assert resumed.seen == expected[12:]
+    fit_batches(data, resumed, tmp_path, ckpt_path=tmp_path / "mid.ckpt")
+    assert resumed.seen == batches_of_epochs(4)[12:]
+
+
+def test_a_run_resumed_on_other_data_is_refused(tmp_path):
+    """P and the labels of a checkpoint are indexed by sample: resumed on a changed data set, a run
+    ended in an IndexError (more images) or went on silently with the wrong targets (as many)."""
+    x = np.random.default_rng(0).random((50, 4, 4))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit_batches(from_arrays(x, None, "x"), Record(), tmp_path, callbacks=[StopAt12(tmp_path / "mid.ckpt")])
+    for other, message in [(x[:40], "40 images now, 50 then"), (x[::-1], "other files, labels or pixels")]:
+        with pytest.raises(InputError, match=rf"resume: the data set changed since the run started \({message}\)"):
+            fit_batches(from_arrays(other, None, "x"), Record(), tmp_path, ckpt_path=tmp_path / "mid.ckpt")
+    resumed = Record()
+    fit_batches(from_arrays(x.copy(), None, "x"), resumed, tmp_path, ckpt_path=tmp_path / "mid.ckpt")
+    assert resumed.seen == batches_of_epochs(4)[12:]
 
 
 def test_random_affine_is_repeatable_and_bounded():
