@@ -19,7 +19,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import CompactHydraException, InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -67,7 +68,11 @@ def main(cfg: DictConfig) -> float:
     except Exception as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) else e
         if isinstance(cause, (InputError, TrainingError, OmegaConfBaseException)):
-            sys.exit(f"error: {str(cause).splitlines()[0]}")
+            message = f"error: {str(cause).splitlines()[0]}"
+            if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep's other jobs run; Hydra says it at the end
+                log.error(message)
+                raise CompactHydraException(message) from None
+            sys.exit(message)
         raise
     except BaseException as e:  # SIGTERM or Ctrl-C: LastCheckpoint saved the step reached and stopped the fit
         stop = "SIGTERM" if type(e).__name__ == "SIGTERMException" else "Ctrl-C" if runs.stopped_by_ctrl_c(e) else None

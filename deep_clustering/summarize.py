@@ -27,7 +27,8 @@ def collect(sweep_dir: Path) -> list[dict]:
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
         metrics = json.loads(metrics_file.read_text())
         values = {m: metrics[m] for m in METRICS if isinstance(metrics.get(m), (int, float))}
-        values["seconds"] = metrics["seconds"]["total"]
+        # the job's own time: a sweep's first job also imported torch and Lightning
+        values["seconds"] = metrics["seconds"]["total"] - metrics["seconds"].get("startup", 0.0)
         settings = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
         rows.append({"job": str(job.relative_to(sweep_dir)), "settings": settings, "metrics": values})
     return rows
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     metric = args.metric or ("acc" if all("acc" in r["metrics"] for r in rows) else "silhouette")
     if not any(metric in r["metrics"] for r in rows):
         parser.exit(2, f"error: --metric {metric}: no run reports it (known: {', '.join(METRICS)})\n")
+    unknown = [k for k in args.over if not any(k in r["settings"] for r in rows)]
+    if unknown:
+        known = sorted({k for r in rows for k in r["settings"]})
+        parser.exit(2, f"error: --over {' '.join(unknown)}: no job sets it (the jobs set: {', '.join(known)})\n")
     table = summarize(rows, metric, ("seed", *args.over))
     write(table, metric, args.sweep_dir)
     print(to_markdown(table, metric))
@@ -113,7 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     keys, _ = varying(table)
     setting = " ".join(f"{k}={best['settings'].get(k)}" for k in keys) or "(no settings varied)"
     found = best.get("n_clusters_found")  # a K sweep's best K may have left clusters empty
-    occupied = f"; {found['mean']:g} clusters occupied" if found else ""
+    occupied = ""
+    if found:  # the fewest to the most over the group's runs
+        spread = f"{found['min']:g}" + (f" to {found['max']:g}" if found["max"] > found["min"] else "")
+        occupied = f"; {spread} clusters occupied"
     print(f"best: {setting}  {metric} {best[metric]['mean']:.4f} over {best['n']} run(s){occupied}")
     print(f"wrote {args.sweep_dir / 'summary.csv'} and {args.sweep_dir / 'summary.md'}")
 

@@ -21,7 +21,8 @@ from tests.conftest import ROOT
 QUICK = ["pretrain.epochs=3", "refine.max_iters=40", "refine.update_interval=10", "init.manifold=none"]
 
 
-def multirun(sweep_dir: Path, *overrides: str) -> None:
+def multirun(sweep_dir: Path, *overrides: str, returncode: int = 0) -> str:
+    """Runs the sweep; returns its stderr."""
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
@@ -31,7 +32,8 @@ def multirun(sweep_dir: Path, *overrides: str) -> None:
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([*cmd, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == returncode, proc.stderr[-3000:]
+    return proc.stderr
 
 
 def test_two_job_sweep_and_its_summary(tmp_path, capsys):
@@ -62,10 +64,17 @@ def test_summary_averages_over_seed_and_the_keys_over_names(tmp_path, capsys):
     for job, (seed, gamma, acc) in enumerate([(0, 0.1, 0.5), (1, 0.1, 0.6), (0, 1, 0.7), (1, 1, 0.8)]):
         (tmp_path / str(job) / ".hydra").mkdir(parents=True)
         (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n- refine.gamma={gamma}\n")
-        (tmp_path / str(job) / "metrics.json").write_text(json.dumps({"acc": acc, "seconds": {"total": 1.0}}))
+        # the first job of a sweep also imports torch and Lightning: its startup is not the job's time
+        seconds = {"total": 10.0, "startup": 9.0} if job == 0 else {"total": 1.0}
+        (tmp_path / str(job) / "metrics.json").write_text(json.dumps({"acc": acc, "seconds": seconds}))
     summarize([str(tmp_path)])
     with open(tmp_path / "summary.csv") as f:
-        assert sorted(float(r["acc_mean"]) for r in csv.DictReader(f)) == pytest.approx([0.55, 0.75])
+        rows = list(csv.DictReader(f))
+    assert sorted(float(r["acc_mean"]) for r in rows) == pytest.approx([0.55, 0.75])
+    assert [float(r["seconds_mean"]) for r in rows] == [1.0, 1.0]
+    with pytest.raises(SystemExit, match="2"):
+        summarize([str(tmp_path), "--over", "refine.gama"])
+    assert "error: --over refine.gama: no job sets it (the jobs set: refine.gamma, seed)" in capsys.readouterr().err
     summarize([str(tmp_path), "--over", "refine.gamma"])  # and seed still
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
@@ -83,15 +92,21 @@ def test_k_sweep_finds_the_true_number_of_clusters(tmp_path, capsys):
     # 30 pretraining epochs (4 steps each): after 10, codes this raw let DEC's refinement merge
     # blobs that K-means on the codes had apart (silhouette 0.64-0.84 at K=4 for seeds 0-2, 0.98 after 30)
     quick = [o for o in QUICK if not o.startswith("pretrain.epochs=")] + ["pretrain.epochs=30"]
-    multirun(sweep, "n_clusters=3,4,5,6", "data=npz", f"data.path={tmp_path / 'blobs.npz'}", *quick)
+    # a job refused for its input (K above the 240 images) does not stop the others; the sweep fails at its end
+    err = multirun(
+        sweep, "n_clusters=300,3,4,5,6", "data=npz", f"data.path={tmp_path / 'blobs.npz'}", *quick, returncode=1
+    )
+    refused = "error: n_clusters=300 is more than the 240 images of the data set"
+    assert refused in err.splitlines() and "'n_clusters=300'" in err, err[-2000:]  # Hydra's words at the end
+    assert refused in (sweep / "0" / "train.log").read_text() and not (sweep / "0" / "metrics.json").exists()
     summarize([str(sweep), "--metric", "silhouette"])
     out = capsys.readouterr().out
     # the best K by silhouette occupies the 4 true clusters (a larger K can leave its extra clusters
     # empty, the same partition), and 3 clusters rank below it
     best = next(line for line in out.splitlines() if line.startswith("best: "))
     assert best.endswith("; 4 clusters occupied") and "n_clusters=3 " not in best, out
-    for job in sweep.glob("[0-9]*"):
-        metrics = json.loads((job / "metrics.json").read_text())
+    for job in ("1", "2", "3", "4"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["n_clusters_found"] <= metrics["n_clusters"]
 
 
