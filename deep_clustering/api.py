@@ -10,6 +10,7 @@ pipeline as `python train.py` (each fit is a run, with its own folder under outp
     model.predict(new_images)
 """
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,13 +61,18 @@ class DeepClustering:
             full = compose("train", overrides=overrides, return_hydra_config=True)
             cfg = compose("train", overrides=overrides)
             check_config(cfg, reference_config(full.hydra.runtime.choices))
+        data = from_arrays(_numpy(X), None if y is None else _numpy(y), "X")
+        new = self.run_dir is None or not Path(self.run_dir).exists()  # made here: removed if nothing comes into it
         run_dir = Path(self.run_dir or runs.new_folder("outputs"))
         if (run_dir / runs.FINISHED).is_file():
             raise InputError(f"run_dir={run_dir} holds a finished run ({run_dir / runs.FINISHED}): choose a new folder")
         run_dir.mkdir(parents=True, exist_ok=True)
-        data = from_arrays(_numpy(X), None if y is None else _numpy(y), "X")
         try:
             result = pipeline.train(cfg, data, run_dir)
+        except InputError:  # refused before anything was written (K above the images, a pretrained= that does not fit)
+            if new and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            raise
         except (KeyboardInterrupt, SystemExit) as e:
             if runs.stopped_by_ctrl_c(e):  # rather than Lightning's SystemExit(1)
                 raise KeyboardInterrupt(
@@ -100,6 +106,9 @@ class DeepClustering:
         self = cls(device=device)
         self.model_ = pipeline.load_trained(path)
         self.n_clusters = self.model_.hparams.n_clusters
+        folder = Path(path).expanduser()
+        if (folder / runs.FINISHED).is_file():  # a run's folder: as a fit leaves them (not labels_: no data here)
+            self.run_dir_, self.metrics_ = folder, json.loads((folder / runs.FINISHED).read_text())
         return self
 
     def _forward(self, X) -> tuple[np.ndarray, np.ndarray]:

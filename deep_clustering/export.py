@@ -100,6 +100,8 @@ def load_autoencoder(path: str, autoencoder: nn.Module) -> None:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
         weights = state["state_dict"]
+        if "pytorch-lightning_version" in state:  # a checkpoint: its weights are named for another module
+            raise ValueError("a Lightning checkpoint: give the run's folder or its autoencoder.pt")
     except Exception as e:
         raise InputError(
             f"pretrained={file}: not an autoencoder saved by this trainer ({type(e).__name__}: {e})"

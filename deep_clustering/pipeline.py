@@ -52,17 +52,20 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     the first). `started`: when the run began (perf_counter), for the total in metrics.json.
     """
     started = time.perf_counter() if started is None else started
+    seconds = {
+        "startup": time.perf_counter() - started
+    }  # imports (a process's first run only), config, reading the data
     skip_missing_nvml()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.n_clusters > len(data):
-        raise InputError(f"n_clusters={cfg.n_clusters} is more than the {len(data)} images of the data set")
+        images = f"{len(data)} image{'s' if len(data) > 1 else ''}"
+        raise InputError(f"n_clusters={cfg.n_clusters} is more than the {images} of the data set")
     labelled = "labelled" if data.labels is not None else "no labels"
     log.info("data: %d images of %s, %s", len(data), data.image_size, labelled)
     if data.skipped and rank_zero_only.rank == 0:
         write_skipped(run_dir, data.skipped)
     autoencoder = instantiate(cfg.model, in_channels=data.channels, image_size=data.image_size, _convert_="all")
     logger = TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
-    seconds = {}
 
     # 1. pretrain the autoencoder (or load one pretrained earlier, or by this run before it was interrupted)
     start = time.perf_counter()
@@ -78,9 +81,10 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         module = pretrain_module(cfg, autoencoder, use_graphs(cfg, trainer, data))
         datamodule = ImageDataModule(data, cfg.pretrain.batch_size, cfg.seed, **cfg.augment)
         fit(trainer, module, datamodule, run_dir / "checkpoints" / "pretrain")
-        if trainer.is_global_zero:
-            model_cfg = OmegaConf.to_container(cfg.model)
-            save_autoencoder(run_dir / "autoencoder.pt", autoencoder, model_cfg, data.channels, data.image_size)
+    if autoencoder.decoder is not None and rank_zero_only.rank == 0 and not (run_dir / "autoencoder.pt").exists():
+        # pretrained here or loaded from pretrained=: the run's folder holds it either way, for pretrained=RUN_DIR
+        model_cfg = OmegaConf.to_container(cfg.model)
+        save_autoencoder(run_dir / "autoencoder.pt", autoencoder, model_cfg, data.channels, data.image_size)
     seconds["pretrain"] = time.perf_counter() - start
 
     # 2-3. K-means on the codes gives the centres; refine encoder and centres on KL(P || Q)
@@ -288,9 +292,14 @@ def load_trained(path: str | Path) -> DECModule:
     file = Path(path).expanduser()
     if file.is_dir():
         if not (file / runs.FINISHED).is_file() and (file / "checkpoints" / "refine" / "last.ckpt").is_file():
+            again = (  # a command-line run has its Hydra config; a DeepClustering.fit's has not
+                f"python train.py resume={path}"
+                if (file / ".hydra" / "config.yaml").is_file()
+                else f"DeepClustering(..., run_dir={str(path)!r}).fit(X) on the same X"
+            )
             raise InputError(
                 f"checkpoint={path}: that run has not finished (no {runs.FINISHED}): continue it with "
-                f"python train.py resume={path}, or give its checkpoints/refine/last.ckpt for the model as last saved"
+                f"{again}, or give its checkpoints/refine/last.ckpt for the model as last saved"
             )
         file = file / "checkpoints" / "refine" / "last.ckpt"
     if not file.is_file():

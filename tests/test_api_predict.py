@@ -35,6 +35,7 @@ def test_estimator_fit_predict_transform_load(digits, tmp_path):
     np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
     again = DeepClustering.load(str(tmp_path / "run"))
     np.testing.assert_array_equal(again.predict(x), labels)
+    assert again.run_dir_ == tmp_path / "run" and again.metrics_ == model.metrics_
     # new images are scaled as the training images were, whatever their dtype or their own range:
     # dimmer images (at most 178) as int64, as floats in 0-255, one at a time
     dim = (x * 0.7).astype(np.uint8)
@@ -50,6 +51,17 @@ def test_estimator_fit_predict_transform_load(digits, tmp_path):
 def test_unfitted_estimator_says_so():
     with pytest.raises(InputError, match="not fitted"):
         DeepClustering().predict(np.zeros((2, 8, 8)))
+
+
+def test_a_refused_fit_leaves_no_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    x = np.full((3, 8, 8), 0.5)
+    x[1, 2, 3] = np.nan
+    with pytest.raises(InputError, match=r"X: 1 NaN or infinite pixel values \(first in image 1\)"):  # as read
+        DeepClustering().fit(x)
+    with pytest.raises(InputError, match="n_clusters=10 is more than the 3 images"):  # refused by the pipeline
+        DeepClustering(overrides=["init.manifold=none"]).fit(np.zeros((3, 8, 8)))
+    assert list((tmp_path / "outputs").glob("*/*")) == []  # no empty outputs/DATE/TIME left behind
 
 
 def predict_cli(*overrides: str) -> subprocess.CompletedProcess:
@@ -107,7 +119,16 @@ def test_predict_refuses_images_of_another_shape(pretrained_digits, tmp_path):
     [
         (["device=gpu"], "device='gpu': not a device (auto, cpu, cuda, cuda:1, ...)"),
         (["contact_sheets=-1"], "contact_sheets=-1 must be a whole number, 0 or more"),
-        (["checkpoint={unfinished}"], "checkpoint={unfinished}: that run has not finished (no metrics.json)"),
+        (
+            ["checkpoint={unfinished}"],
+            "checkpoint={unfinished}: that run has not finished (no metrics.json): continue it with "
+            "python train.py resume={unfinished}, or",
+        ),
+        (  # a fit's folder has no Hydra config: resume= would refuse it
+            ["checkpoint={unfinished_fit}"],
+            "checkpoint={unfinished_fit}: that run has not finished (no metrics.json): continue it with "
+            "DeepClustering(..., run_dir='{unfinished_fit}').fit(X) on the same X, or",
+        ),
     ],
 )
 def test_predict_refuses_bad_settings(pretrained_digits, tmp_path, overrides, message):
@@ -118,15 +139,18 @@ def test_predict_refuses_bad_settings(pretrained_digits, tmp_path, overrides, me
 
     unfinished = tmp_path / "unfinished"  # a run killed in refinement: its last checkpoint, no metrics.json
     shutil.copytree(pretrained_digits, unfinished, ignore=shutil.ignore_patterns("metrics.json", "tensorboard"))
+    unfinished_fit = tmp_path / "unfinished_fit"
+    shutil.copytree(unfinished, unfinished_fit, ignore=shutil.ignore_patterns(".hydra", "train.log"))
+    fill = {"unfinished": unfinished, "unfinished_fit": unfinished_fit}
     (tmp_path / "new").mkdir()
     Image.new("L", (8, 8)).save(tmp_path / "new" / "a.png")
     args = [f"checkpoint={pretrained_digits}", f"data.path={tmp_path / 'new'}"]
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("predict", overrides=[*args, *(o.format(unfinished=unfinished) for o in overrides)])
+        cfg = compose("predict", overrides=[*args, *(o.format(**fill) for o in overrides)])
     (tmp_path / "out").mkdir()
     with pytest.raises(InputError) as err:
         predict(cfg, tmp_path / "out")
-    assert str(err.value).startswith(message.format(unfinished=unfinished))
+    assert str(err.value).startswith(message.format(**fill)), str(err.value)
     assert list((tmp_path / "out").iterdir()) == []  # refused before writing anything
 
 

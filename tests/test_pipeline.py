@@ -16,8 +16,23 @@ def fit(digits, run_dir, *overrides: str) -> DeepClustering:
 
 def test_pretrained_autoencoder_is_reused(digits, pretrained_digits, tmp_path):
     model = fit(digits, tmp_path / "run", f"pretrained={pretrained_digits}", "refine.max_iters=20")
-    assert model.metrics_["seconds"]["pretrain"] < 1 and not (tmp_path / "run" / "autoencoder.pt").exists()
+    assert model.metrics_["seconds"]["pretrain"] < 1
     assert model.metrics_["acc"] > 0.5
+    # the run's folder holds the autoencoder it started from, so that it can be pretrained= in turn
+    given, kept = (torch.load(d / "autoencoder.pt", weights_only=True) for d in (pretrained_digits, tmp_path / "run"))
+    assert given["state_dict"].keys() == kept["state_dict"].keys() and given["model"] == kept["model"]
+    assert all(torch.equal(given["state_dict"][k], kept["state_dict"][k]) for k in given["state_dict"])
+
+
+def test_two_channel_images_channels_last_run_to_the_end(digits, tmp_path):
+    """Images of a channel count that is neither gray nor RGB, channels last: read as such, and
+    shown in TensorBoard by their first channel (the projector's sprites took 3 channels only)."""
+    x, y = digits
+    two = np.stack([x, x**2], -1)  # (N, 8, 8, 2)
+    model = fit((two, y), tmp_path / "run", "pretrain.epochs=10", "refine.max_iters=20", "baselines=[]")
+    assert list(model.model_.hparams.input_shape) == [2, 8, 8] and model.metrics_["acc"] > 0.5
+    np.testing.assert_array_equal(model.predict(two.transpose(0, 3, 1, 2)), model.labels_)  # channels first
+    assert list((tmp_path / "run" / "tensorboard").rglob("sprite.png"))
 
 
 def test_refinement_without_augmentation_refines_on_clean_images(digits, pretrained_digits, tmp_path):

@@ -33,7 +33,8 @@ def test_quick_run_leaves_everything_in_its_folder(tmp_path):
     m = read_metrics(run_dir)
     assert m["n_samples"] == 1797 and m["n_clusters"] == 10 and m["device"] == "cpu"
     assert 0.5 < m["acc"] <= 1 and 0 < m["nmi"] <= 1 and -1 <= m["ari"] <= 1
-    assert set(m["seconds"]) == {"pretrain", "baselines", "kmeans", "refine", "evaluate", "total"}
+    assert set(m["seconds"]) == {"startup", "pretrain", "baselines", "kmeans", "refine", "evaluate", "total"}
+    assert 0 < m["seconds"]["startup"] < m["seconds"]["total"]  # the imports: seconds
     assert m["refine_iterations"] == 40
     assert 200 < m["peak_memory_mb"]["host"] < 4000 and m["peak_memory_mb"]["device"] is None  # torch alone: 300 MB
     rows = read_predictions(run_dir)
@@ -79,6 +80,11 @@ def test_default_digits_run_reaches_its_accuracy(tmp_path):
         (
             ["pretrained={pretrained}", "model.latent_dim=5"],
             "error: pretrained={pretrained}/autoencoder.pt: its shapes do not fit",
+        ),
+        (  # a refinement checkpoint is not an autoencoder file
+            ["pretrained={pretrained}/checkpoints/refine/last.ckpt"],
+            "error: pretrained={pretrained}/checkpoints/refine/last.ckpt: not an autoencoder saved by this trainer "
+            "(ValueError: a Lightning checkpoint: give the run's folder or its autoencoder.pt)",
         ),
         (["n_clusters=1800"], "error: n_clusters=1800 is more than the 1797 images"),
         (["+model.depth=3"], "error: unknown config key 'model.depth'"),
