@@ -11,7 +11,6 @@ import time
 START = time.perf_counter()
 
 import gc
-import json
 import logging
 import sys
 import warnings
@@ -88,8 +87,10 @@ def main(cfg: DictConfig) -> float:
     if "acc" in metrics:
         print(f"ACC {metrics['acc']:.4f}  NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}")
         return metrics["acc"]
-    print(json.dumps({k: metrics[k] for k in ("silhouette", "davies_bouldin", "calinski_harabasz")}))
-    return metrics["silhouette"]
+    # the scores without labels (nan where one cluster holds every sample: null in metrics.json)
+    sil, db, ch = (metrics[k] for k in ("silhouette", "davies_bouldin", "calinski_harabasz"))
+    print(f"silhouette {sil:.4f}  Davies-Bouldin {db:.4f}  Calinski-Harabasz {ch:.1f}")
+    return sil
 
 
 if __name__ == "__main__":

@@ -299,7 +299,8 @@ def load_image_folder(
     """
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise InputError(f"data.path={path}: no such folder")
+        what = "a file, not a folder (data=npz reads .npz files)" if root.is_file() else "no such folder"
+        raise InputError(f"data.path={path}: {what}")
     if channels not in (1, 3):
         raise InputError(f"data.channels={channels} must be 1 or 3")
     if labels not in ("auto", "none"):
@@ -330,8 +331,11 @@ def load_image_folder(
     rel = [Path(f) for f in kept]
     y = None
     classes = sorted({r.parts[0] for r in rel})
-    if labels == "auto" and all(len(r.parts) > 1 for r in rel) and len(classes) > 1:  # one folder: no classes
+    loose = [str(r) for r in rel if len(r.parts) == 1]  # images beside the subfolders
+    if labels == "auto" and not loose and len(classes) > 1:  # one folder: no classes
         y = np.array([classes.index(r.parts[0]) for r in rel])
+    elif labels == "auto" and 0 < len(loose) < len(rel):
+        log.info("data.labels=auto: no labels, as %d images lie outside the subfolders (%s)", len(loose), loose[0])
     targets = torch.from_numpy(y) if y is not None else None
     if in_memory:  # (N, C, H, W) uint8: the layout is known, not guessed as from_arrays must
         out = ImageSet(torch.from_numpy(images).float().div_(255), targets, pixel_range=(0.0, 255.0))

@@ -44,7 +44,8 @@ def write_skipped(folder: Path, skipped: list[str]) -> None:
     """skipped_files.txt: the bad files data.on_bad_file=skip left out, with the reason; and a warning naming it."""
     listed = folder / "skipped_files.txt"
     listed.write_text("".join(f"{bad}\n" for bad in skipped))
-    log.warning("skipped %d bad files (data.on_bad_file=skip), listed in %s", len(skipped), listed)
+    files = f"{len(skipped)} bad file{'s' if len(skipped) > 1 else ''}"
+    log.warning("skipped %s (data.on_bad_file=skip), listed in %s", files, listed)
 
 
 def write_predictions(

@@ -1,3 +1,5 @@
+import logging
+
 import lightning as L
 import numpy as np
 import pytest
@@ -165,11 +167,19 @@ def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, in_memory
     np.testing.assert_array_equal((first * 255).round().numpy(), upright)
 
 
-def test_image_folder_without_subfolders_has_no_labels(tmp_path):
+def test_image_folder_without_subfolders_has_no_labels(tmp_path, caplog):
     _save(tmp_path / "a.png", "L", (8, 8), 0)
     _save(tmp_path / "b.png", "L", (8, 8), 0)
     unlabelled = load_image_folder(str(tmp_path))
     assert unlabelled.labels is None and unlabelled.class_names is None
+    # class folders beside a loose image: no labels either, and the log says which image stands outside
+    _save(tmp_path / "cats" / "c.png", "L", (8, 8), 0)
+    _save(tmp_path / "dogs" / "d.png", "L", (8, 8), 0)
+    with caplog.at_level(logging.INFO, logger="deep_clustering"):
+        assert load_image_folder(str(tmp_path)).labels is None
+    assert "no labels, as 2 images lie outside the subfolders (a.png)" in caplog.text
+    with pytest.raises(InputError, match=r"data.path=.*a.png: a file, not a folder \(data=npz reads .npz files\)"):
+        load_image_folder(str(tmp_path / "a.png"))
 
 
 def test_image_folder_bad_files_are_listed_or_skipped(tmp_path):

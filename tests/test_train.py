@@ -108,7 +108,8 @@ def test_a_tiny_data_set_runs_to_the_end_and_says_what_happened(tmp_path):
     x[10, :4], x[11, 4:] = 255, 255
     np.savez(tmp_path / "tiny.npz", x_train=x)
     overrides = ["data=npz", f"data.path={tmp_path / 'tiny.npz'}", "n_clusters=3", "pretrain.epochs=2"]
-    run_train(tmp_path / "run", *overrides, "refine.max_iters=5")
+    proc = run_train(tmp_path / "run", *overrides, "refine.max_iters=5")
+    assert proc.stdout.strip().splitlines()[-1].startswith("silhouette "), proc.stdout[-500:]  # no labels: its scores
     text = (tmp_path / "run" / "metrics.json").read_text()
     m = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in metrics.json"))  # strict JSON
     assert m["refine_iterations"] == 5 and m["refreshes_of_p"] == 1 and m["stopped_by"] == "max_iters"
