@@ -99,6 +99,7 @@ def test_bad_input_stops_before_training_with_one_line(tmp_path, pretrained_digi
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(message.format(**fill)), proc.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+    assert last in (tmp_path / "run" / "train.log").read_text()  # the run's log says why it ended
 
 
 def test_a_tiny_data_set_runs_to_the_end_and_says_what_happened(tmp_path):
@@ -133,7 +134,7 @@ def test_image_folder_run_names_the_files(tmp_path):
     assert [m["class_names"][int(r["label"])] for r in rows] == [r["class"] for r in rows]
     skipped = (tmp_path / "run" / "skipped_files.txt").read_text().splitlines()
     assert len(skipped) == 1 and skipped[0].startswith("class0/broken.png: not a readable image")
-    assert "skipped 1 bad files" in (tmp_path / "run" / "train.log").read_text()
+    assert "skipped 1 bad file (data.on_bad_file=skip)" in (tmp_path / "run" / "train.log").read_text()
     # the same run read from a cache file on disk (folders larger than memory): the same predictions
     on_disk = ["data.in_memory=false", f"data.cache_dir={tmp_path / 'cache'}", "data.loader_workers=1"]
     run_train(tmp_path / "disk", *overrides, "data.on_bad_file=skip", *QUICK, *on_disk)
