@@ -15,7 +15,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -96,7 +98,10 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         if trainer.is_global_zero:
             baselines = run_baselines(list(cfg.baselines), codes, data.labels, cfg.n_clusters, cfg.seed)
     seconds["baselines"] = time.perf_counter() - start
-    log.info("stage 2-3/4: K-means (%d restarts, manifold %s), then refinement", cfg.init.n_init, cfg.init.manifold)
+    clusterer = "K-means" if cfg.init.clusterer == "kmeans" else "a Gaussian mixture"
+    log.info(
+        "stage 2-3/4: %s (%d restarts, manifold %s), then refinement", clusterer, cfg.init.n_init, cfg.init.manifold
+    )
     start = time.perf_counter()
     graphed = use_graphs(cfg, trainer, data)
     dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], graphed, codes, list(data.pixel_range))
@@ -241,16 +246,22 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoard
         # a redraw is host time in the step (its values are host numbers): every 10 steps rather than every step
         *([TQDMProgressBar(refresh_rate=10)] if bar else []),
     ]
-    return instantiate(
-        cfg.trainer,
-        logger=logger,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=folder,  # where last.ckpt and SLURM's pre-emption checkpoint go
-        enable_checkpointing=True,  # through LastCheckpoint, which keeps the one checkpoint (no ModelCheckpoint)
-        use_distributed_sampler=False,  # ImageDataModule shards the batches itself
-        **limits,
-    )
+    try:
+        return instantiate(
+            cfg.trainer,
+            logger=logger,
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=folder,  # where last.ckpt and SLURM's pre-emption checkpoint go
+            enable_checkpointing=True,  # through LastCheckpoint, which keeps the one checkpoint (no ModelCheckpoint)
+            use_distributed_sampler=False,  # ImageDataModule shards the batches itself
+            **limits,
+        )
+    except InstantiationException as e:  # trainer=gpu without a GPU, more devices than there are: one line
+        if not isinstance(e.__cause__, MisconfigurationException):
+            raise
+        asked = f"trainer.accelerator={cfg.trainer.accelerator} trainer.devices={cfg.trainer.devices}"
+        raise InputError(f"{asked}: {e.__cause__}") from None
 
 
 def _peak_memory_mb(device: torch.device) -> dict[str, float | None]:

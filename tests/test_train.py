@@ -87,6 +87,11 @@ def test_default_digits_run_reaches_its_accuracy(tmp_path):
             "(ValueError: a Lightning checkpoint: give the run's folder or its autoencoder.pt)",
         ),
         (["n_clusters=1800"], "error: n_clusters=1800 is more than the 1797 images"),
+        pytest.param(
+            ["trainer=gpu"],
+            "error: trainer.accelerator=gpu trainer.devices=1: No supported gpu backend found!",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: trainer=gpu trains"),
+        ),
         (["+model.depth=3"], "error: unknown config key 'model.depth'"),
         (["data=image_folder", "data.path={empty}"], "error: data.path={empty}: the folder holds no files"),
     ],
