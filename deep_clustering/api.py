@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
+from sklearn.base import BaseEstimator
 
 from deep_clustering import pipeline, runs
 from deep_clustering.config import check_config, reference_config
@@ -28,8 +29,8 @@ from deep_clustering.refine import DECModule
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs/ (an editable install)
 
 
-class DeepClustering:
-    """Deep embedded clustering of images.
+class DeepClustering(BaseEstimator):
+    """Deep embedded clustering of images (scikit-learn's `get_params`, `set_params` and `clone` work on it).
 
     Args:
         n_clusters: K.
@@ -50,7 +51,8 @@ class DeepClustering:
         run_dir: str | None = None,
         device: str = "auto",
     ) -> None:
-        self.n_clusters, self.overrides, self.seed = n_clusters, list(overrides), seed
+        # stored as given, as scikit-learn asks of an estimator (clone checks that they are the same objects)
+        self.n_clusters, self.overrides, self.seed = n_clusters, overrides, seed
         self.run_dir, self.device = run_dir, device
 
     def fit(self, X, y=None) -> "DeepClustering":

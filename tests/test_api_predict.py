@@ -53,6 +53,21 @@ def test_unfitted_estimator_says_so():
         DeepClustering().predict(np.zeros((2, 8, 8)))
 
 
+def test_the_estimator_has_scikit_learns_parameters():
+    from sklearn.base import clone
+
+    model = DeepClustering(n_clusters=5, overrides=["model=fc"], seed=3)
+    assert model.get_params() == {
+        "n_clusters": 5,
+        "overrides": ["model=fc"],
+        "seed": 3,
+        "run_dir": None,
+        "device": "auto",
+    }
+    copy = clone(model.set_params(seed=4))
+    assert copy is not model and copy.seed == 4 and copy.overrides == ["model=fc"] and not hasattr(copy, "model_")
+
+
 def test_a_refused_fit_leaves_no_run_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     x = np.full((3, 8, 8), 0.5)
