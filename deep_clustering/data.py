@@ -389,9 +389,8 @@ def _cached(
 ) -> tuple[DiskImages, list[str], list[str]]:
     """The folder decoded into cache_dir/KEY.u8 (uint8 rows) and KEY.json (files kept and bad), built
     once per folder content, size and channels; written under temporary names, then renamed."""
-    key = hashlib.sha256(
-        json.dumps([2, str(root.resolve()), shape[1:]]).encode()
-    )  # 2: how images decode (since 2026-12-06, upright by EXIF)
+    # 2: the version of how images decode (since 2026-12-06 upright by EXIF), so older caches are not reused
+    key = hashlib.sha256(json.dumps([2, str(root.resolve()), shape[1:]]).encode())
     for f in files:
         st = f.stat() if f.exists() else None
         key.update(f"{f.relative_to(root)}\0{st and st.st_size}\0{st and st.st_mtime_ns}\n".encode())

@@ -54,9 +54,8 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     the first). `started`: when the run began (perf_counter), for the total in metrics.json.
     """
     started = time.perf_counter() if started is None else started
-    seconds = {
-        "startup": time.perf_counter() - started
-    }  # imports (a process's first run only), config, reading the data
+    # startup: the imports (in a process's first run only), the config, reading the data
+    seconds = {"startup": time.perf_counter() - started}
     skip_missing_nvml()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.n_clusters > len(data):
