@@ -71,10 +71,7 @@ def main(cfg: DictConfig) -> float:
             if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep's other jobs run; Hydra says it at the end
                 log.error(message)
                 raise CompactHydraException(message) from None
-            record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
-            for handler in logging.getLogger().handlers:  # train.log keeps it; the console gets it once, below
-                if isinstance(handler, logging.FileHandler):
-                    handler.handle(record)
+            runs.log_to_file(log, message)  # train.log keeps it; the console gets it once, below
             sys.exit(message)
         raise
     except BaseException as e:  # SIGTERM or Ctrl-C: LastCheckpoint saved the step reached and stopped the fit

@@ -299,21 +299,7 @@ def _flat(cfg: DictConfig) -> dict:
 
 def load_trained(path: str | Path) -> DECModule:
     """The clustering model of a finished run: its folder, or a refinement checkpoint."""
-    file = Path(path).expanduser()
-    if file.is_dir():
-        if not (file / runs.FINISHED).is_file() and (file / "checkpoints" / "refine" / "last.ckpt").is_file():
-            again = (  # a command-line run has its Hydra config; a DeepClustering.fit's has not
-                f"python train.py resume={path}"
-                if (file / ".hydra" / "config.yaml").is_file()
-                else f"DeepClustering(..., run_dir={str(path)!r}).fit(X) on the same X"
-            )
-            raise InputError(
-                f"checkpoint={path}: that run has not finished (no {runs.FINISHED}): continue it with "
-                f"{again}, or give its checkpoints/refine/last.ckpt for the model as last saved"
-            )
-        file = file / "checkpoints" / "refine" / "last.ckpt"
-    if not file.is_file():
-        raise InputError(f"checkpoint={path}: neither a finished run's folder nor a refinement checkpoint")
+    file = runs.trained_checkpoint(path)
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
         hparams, weights = dict(checkpoint["hyper_parameters"]), checkpoint["state_dict"]

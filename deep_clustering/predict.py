@@ -9,29 +9,24 @@ each cluster) and, with folders=link or copy, clusters/K/ holding each cluster's
 
 import csv
 import inspect
+import logging
 import os
 import shutil
 import sys
 from pathlib import Path
 
 import hydra
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
-from torchvision.utils import save_image
 
 from deep_clustering import runs
 from deep_clustering.config import is_whole
-from deep_clustering.data import ImageSet
 from deep_clustering.errors import InputError
-from deep_clustering.export import atomic_write, write_skipped
-from deep_clustering.pipeline import load_trained, pick_device
-from deep_clustering.visualize import contact_sheet
 
+log = logging.getLogger("deep_clustering")
 runs.register_resolvers()
 
 
@@ -43,14 +38,24 @@ def predict(cfg: DictConfig, out: Path) -> dict:
         raise InputError(f"contact_sheets={cfg.contact_sheets!r} must be a whole number, 0 or more")
     if cfg.batch_size is not None and not (is_whole(cfg.batch_size) and cfg.batch_size >= 1):
         raise InputError(f"batch_size={cfg.batch_size!r} must be null or a whole number, at least 1")
+    checkpoint = runs.trained_checkpoint(cfg.checkpoint)
+    # torch (about 9 s to import on 2 cores) only now: a mistyped setting or checkpoint answers in a second
+    import numpy as np
+    import torch
+    from torchvision.utils import save_image
+
+    from deep_clustering.export import atomic_write, write_skipped
+    from deep_clustering.pipeline import load_trained, pick_device
+    from deep_clustering.visualize import contact_sheet
+
     device = pick_device(cfg.device)
-    model = load_trained(cfg.checkpoint)
+    model = load_trained(checkpoint)
     shape = list(model.hparams.input_shape)
     fill = {"channels": shape[0], "image_size": shape[1:]}  # image folders: converted to what the model expects
     fill = {k: v for k, v in fill.items() if k in cfg.data}
     if "pixel_range" in inspect.signature(get_object(cfg.data._target_)).parameters:  # arrays (.npz)
         fill["pixel_range"] = model.hparams.get("pixel_range")  # scaled as the training images were
-    data: ImageSet = instantiate(cfg.data, **fill, _convert_="all")
+    data = instantiate(cfg.data, **fill, _convert_="all")
     if data.skipped:
         write_skipped(out, data.skipped)
     if list(data.images.shape[1:]) != shape:
@@ -104,10 +109,14 @@ def main(cfg: DictConfig) -> None:
     except Exception as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) else e
         if isinstance(cause, (InputError, OmegaConfBaseException)):
-            sys.exit(f"error: {str(cause).splitlines()[0]}")
+            message = f"error: {str(cause).splitlines()[0]}"
+            runs.log_to_file(log, message)
+            sys.exit(message)
         raise
+    sizes = ", ".join(f"{k}: {n}" for k, n in counts.items())
+    log.info("%d images sorted by the model in %s; images per cluster: %s", sum(counts.values()), cfg.checkpoint, sizes)
     print(f"predictions: {out}")
-    print("images per cluster: " + ", ".join(f"{k}: {n}" for k, n in counts.items()))
+    print(f"images per cluster: {sizes}")
 
 
 if __name__ == "__main__":

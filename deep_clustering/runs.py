@@ -1,6 +1,7 @@
 """The run folder: a new one for every run, never one an earlier run used, and what an interrupted
 run left in it to resume from."""
 
+import logging
 import os
 from datetime import datetime
 from functools import cache
@@ -156,3 +157,33 @@ def latest_checkpoint(folder: Path) -> str | None:
     writes on SLURM's pre-emption signal."""
     found = [p for p in folder.glob("*.ckpt") if p.name == "last.ckpt" or p.name.startswith("hpc_ckpt_")]
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
+def trained_checkpoint(path: str | Path) -> Path:
+    """The refinement checkpoint of `checkpoint=` / `DeepClustering.load`: a finished run's folder, or
+    the checkpoint file itself (an unfinished run's model as last saved)."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        if not (file / FINISHED).is_file() and (file / "checkpoints" / "refine" / "last.ckpt").is_file():
+            again = (  # a command-line run has its Hydra config; a DeepClustering.fit's has not
+                f"python train.py resume={path}"
+                if (file / CONFIG).is_file()
+                else f"DeepClustering(..., run_dir={str(path)!r}).fit(X) on the same X"
+            )
+            raise InputError(
+                f"checkpoint={path}: that run has not finished (no {FINISHED}): continue it with "
+                f"{again}, or give its checkpoints/refine/last.ckpt for the model as last saved"
+            )
+        file = file / "checkpoints" / "refine" / "last.ckpt"
+    if not file.is_file():
+        raise InputError(f"checkpoint={path}: neither a finished run's folder nor a refinement checkpoint")
+    return file
+
+
+def log_to_file(log: logging.Logger, message: str) -> None:
+    """Log an error to the run's log file only (train.log, predict.log), for a command that then
+    prints it once on the console as it exits."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -124,9 +124,31 @@ def test_predict_refuses_images_of_another_shape(pretrained_digits, tmp_path):
         f"hydra.run.dir={tmp_path / 'out'}",
     )
     assert proc.returncode != 0
-    assert (
-        proc.stderr.strip().splitlines()[-1].startswith("error: the data holds 3x8x8 images (C x H x W); the model in")
+    error = "error: the data holds 3x8x8 images (C x H x W); the model in"
+    assert proc.stderr.strip().splitlines()[-1].startswith(error)
+    assert error in (tmp_path / "out" / "predict.log").read_text()  # the log keeps why (it was empty)
+
+
+def test_predict_refuses_a_bad_setting_or_checkpoint_before_importing_torch(tmp_path):
+    # torch takes about 9 s to import on 2 cores: these answer in about one (until 2026-12-06 ten or more)
+    script = (
+        "import runpy, sys\n"
+        "try:\n"
+        "    runpy.run_module('deep_clustering.predict', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    print(e)\n"
+        "    print('torch' in sys.modules)\n"
     )
+    for setting, error in [
+        ("folders=move", "error: folders='move' must be none, link or copy"),
+        (f"checkpoint={tmp_path}", f"error: checkpoint={tmp_path}: neither a finished run's folder nor a refinement"),
+    ]:
+        out = tmp_path / setting.split("=")[0]
+        args = ["checkpoint=/no/such/run", f"data.path={tmp_path}", setting, f"hydra.run.dir={out}"]
+        proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True)
+        *_, said, torch_imported = proc.stdout.splitlines()
+        assert said.startswith(error) and torch_imported == "False", proc.stdout + proc.stderr
+        assert error in (out / "predict.log").read_text()
 
 
 @pytest.mark.parametrize(
