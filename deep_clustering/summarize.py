@@ -13,9 +13,21 @@ import statistics
 from pathlib import Path
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 
 METRICS = ["acc", "nmi", "ari", "silhouette", "davies_bouldin", "calinski_harabasz", "n_clusters_found", "seconds"]
 LOWER_IS_BETTER = {"davies_bouldin", "seconds"}
+
+
+def setting(override: str) -> tuple[str, str]:
+    """key, value of a job's override as the user meant it: `data.path=my\\ photos` is `my photos`."""
+    key, text = override.lstrip("+").split("=", 1)
+    try:
+        value = OverridesParser.create().parse_override(override).value()
+    except HydraException:  # not Hydra's grammar: as written
+        return key, text
+    return key, value if isinstance(value, str) else text
 
 
 def collect(sweep_dir: Path) -> list[dict]:
@@ -29,7 +41,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         values = {m: metrics[m] for m in METRICS if isinstance(metrics.get(m), (int, float))}
         # the job's own time: a sweep's first job also imported torch and Lightning
         values["seconds"] = metrics["seconds"]["total"] - metrics["seconds"].get("startup", 0.0)
-        settings = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
+        settings = dict(setting(o) for o in overrides if "=" in o)
         rows.append({"job": str(job.relative_to(sweep_dir)), "settings": settings, "metrics": values})
     return rows
 
@@ -84,13 +96,14 @@ def to_markdown(table: list[dict], metric: str) -> str:
 
 def write(table: list[dict], metric: str, sweep_dir: Path) -> None:
     keys = sorted({k for e in table for k in e["settings"]})
+    shown = [m for m in METRICS if any(m in e for e in table)]  # no acc columns without labels
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         out = csv.writer(f)
-        stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max")]
+        stats = [f"{m}_{s}" for m in shown for s in ("mean", "std", "min", "max")]
         out.writerow([*keys, "runs", *stats])
         for e in table:
             cells = [e["settings"].get(k, "") for k in keys] + [e["n"]]
-            cells += [e[m][s] if m in e else "" for m in METRICS for s in ("mean", "std", "min", "max")]
+            cells += [e[m][s] if m in e else "" for m in shown for s in ("mean", "std", "min", "max")]
             out.writerow(cells)
     (sweep_dir / "summary.md").write_text(to_markdown(table, metric))
 

@@ -63,7 +63,8 @@ def test_two_job_sweep_and_its_summary(tmp_path, capsys):
 def test_summary_averages_over_seed_and_the_keys_over_names(tmp_path, capsys):
     for job, (seed, gamma, acc) in enumerate([(0, 0.1, 0.5), (1, 0.1, 0.6), (0, 1, 0.7), (1, 1, 0.8)]):
         (tmp_path / str(job) / ".hydra").mkdir(parents=True)
-        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n- refine.gamma={gamma}\n")
+        overrides = f"- seed={seed}\n- refine.gamma={gamma}\n- data.path=my\\ photos\n"  # as Hydra escapes it
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(overrides)
         # the first job of a sweep also imports torch and Lightning: its startup is not the job's time
         seconds = {"total": 10.0, "startup": 9.0} if job == 0 else {"total": 1.0}
         (tmp_path / str(job) / "metrics.json").write_text(json.dumps({"acc": acc, "seconds": seconds}))
@@ -72,9 +73,12 @@ def test_summary_averages_over_seed_and_the_keys_over_names(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert sorted(float(r["acc_mean"]) for r in rows) == pytest.approx([0.55, 0.75])
     assert [float(r["seconds_mean"]) for r in rows] == [1.0, 1.0]
+    assert {r["data.path"] for r in rows} == {"my photos"}  # not Hydra's escaped my\\ photos
+    assert "nmi_mean" not in rows[0]  # no empty columns for metrics no job reports
     with pytest.raises(SystemExit, match="2"):
         summarize([str(tmp_path), "--over", "refine.gama"])
-    assert "error: --over refine.gama: no job sets it (the jobs set: refine.gamma, seed)" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "error: --over refine.gama: no job sets it (the jobs set: data.path, refine.gamma, seed)" in said
     summarize([str(tmp_path), "--over", "refine.gamma"])  # and seed still
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
