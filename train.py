@@ -13,7 +13,6 @@ START = time.perf_counter()
 import gc
 import logging
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
@@ -29,9 +28,6 @@ from deep_clustering.config import check_config, reference_config
 from deep_clustering.errors import InputError, TrainingError
 
 log = logging.getLogger("deep_clustering")
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-# Lightning 2.6 calls a pytree API that torch 2.14 deprecates: its own internals, nothing for a user to do
-warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 runs.register_resolvers()
 
 

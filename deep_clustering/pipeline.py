@@ -181,10 +181,18 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModu
 
     Lightning warns that a run resumed mid-epoch with a loader that has no `state_dict` may give
     unreliable results. ImageDataModule's sampler leaves out the batches the run already trained on,
-    so a resumed run matches an uninterrupted one (tests/test_reliability.py): the warning is silenced.
+    so a resumed run matches an uninterrupted one (tests/test_reliability.py): the warning is silenced,
+    as are three others that ask nothing of the user, here rather than in train.py so that a notebook's
+    `DeepClustering.fit` does not show them either.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
+        # the data are in memory or read by the workers data.loader_workers asks for
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        # Lightning 2.6 calls a pytree API that torch 2.14 deprecates: its own internals
+        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+        # only the learning-rate curve is logged per step: an epoch shorter than the interval loses nothing
+        warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
         trainer.fit(module, datamodule, ckpt_path=runs.latest_checkpoint(checkpoints))
 
 
