@@ -18,13 +18,13 @@ def external_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
     return contingency_scores(contingency(pred, target))
 
 
-def contingency(pred: Tensor, target: Tensor, n_clusters: int | None = None, n_classes: int | None = None) -> Tensor:
-    """(K, C) counts of the samples of each cluster and class, counted where `pred` is (one bincount:
-    on a GPU only the small table comes back to the host). K and C default to the largest cluster
-    and class present, plus one (reading them waits for a GPU)."""
-    pred, target = pred.long(), target.long().to(pred.device)
-    k = n_clusters if n_clusters is not None else int(pred.max()) + 1
-    c = n_classes if n_classes is not None else int(target.max()) + 1
+def contingency(pred: Tensor, target: Tensor) -> Tensor:
+    """(K, C) counts of the samples of each cluster and of each class present, the classes in
+    increasing order of their label (any whole numbers: -1, 3, 10**9), K the largest cluster plus
+    one. Counted where `pred` is (one bincount: on a GPU only the small table comes back to the host)."""
+    pred = pred.long()
+    classes, target = torch.unique(target.long().to(pred.device), return_inverse=True)
+    k, c = int(pred.max()) + 1, len(classes)
     return torch.bincount(pred * c + target, minlength=k * c).reshape(k, c)
 
 

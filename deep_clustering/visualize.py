@@ -64,13 +64,15 @@ def contact_sheet(images: Tensor, confidence: Tensor, max_images: int = 64, per_
 
 def hungarian_order(pred: Tensor, target: Tensor) -> tuple[Tensor, list[int], list[int]]:
     """The cluster x class count matrix, with clusters and classes ordered by their best one-to-one
-    matching, so that a good clustering is heavy on the diagonal."""
+    matching, so that a good clustering is heavy on the diagonal; the classes by their labels, those
+    present only."""
     counts = contingency(pred.cpu(), target.cpu())
     k, c = counts.shape
     rows, cols = linear_sum_assignment(-counts.numpy())
     clusters = [int(r) for r in rows] + [r for r in range(k) if r not in rows]
-    classes = [int(col) for col in cols] + [col for col in range(c) if col not in cols]
-    return counts[clusters][:, classes], clusters, classes
+    columns = [int(col) for col in cols] + [col for col in range(c) if col not in cols]
+    labels = target.unique().tolist()
+    return counts[clusters][:, columns], clusters, [labels[col] for col in columns]
 
 
 def confusion_figure(pred: Tensor, target: Tensor, class_names: list[str] | None = None) -> plt.Figure:
@@ -79,8 +81,8 @@ def confusion_figure(pred: Tensor, target: Tensor, class_names: list[str] | None
     counts, clusters, classes = hungarian_order(pred, target)
     fig, ax = plt.subplots(figsize=(1 + 0.45 * len(classes), 1 + 0.45 * len(clusters)), dpi=100)
     ax.imshow(counts.numpy(), cmap="Blues")
-    names = class_names or [str(c) for c in range(len(classes))]
-    ax.set_xticks(range(len(classes)), [names[c] for c in classes], rotation=90 if class_names else 0)
+    names = [class_names[c] if class_names else str(c) for c in classes]
+    ax.set_xticks(range(len(classes)), names, rotation=90 if class_names else 0)
     ax.set_yticks(range(len(clusters)), [str(c) for c in clusters])
     ax.set_xlabel("label")
     ax.set_ylabel("cluster")

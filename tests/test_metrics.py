@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as sk
 
 from deep_clustering.metrics import contingency, external_metrics, internal_metrics, silhouette
@@ -75,7 +76,25 @@ def test_contingency_counts_clusters_by_classes():
     pred, target = torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([1, 1, 0, 0, 1, 1])
     expected = torch.tensor([[0, 2], [1, 0], [1, 2]])
     assert torch.equal(contingency(pred, target), expected)
-    assert contingency(pred, target, n_clusters=4, n_classes=3).shape == (4, 3)  # room for absent ones
+    # any whole numbers as labels, in their order: a -1 crashed the bincount, IDs made a huge table
+    assert torch.equal(contingency(pred, target * (10**9 + 1) - 1), expected)
+
+
+@pytest.mark.parametrize("labels", [[-1, 1], [3, 5, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0, 10**12]])
+def test_labels_of_any_whole_numbers_score_as_scikit_learn(labels):
+    gen = torch.Generator().manual_seed(len(labels))
+    values = torch.tensor(labels)
+    target = values[torch.randint(len(labels), (400,), generator=gen)]
+    pred = torch.where(
+        torch.rand(400, generator=gen) < 0.7, target.remainder(5), torch.randint(5, (400,), generator=gen)
+    )
+    pred[pred == 0] = 1  # cluster 0 left empty
+    m = external_metrics(pred, target)
+    table = sk.cluster.contingency_matrix(target, pred)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    assert math.isclose(m["acc"], table[rows, cols].sum() / 400, rel_tol=1e-12)
+    assert math.isclose(m["nmi"], sk.normalized_mutual_info_score(target, pred), rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(m["ari"], sk.adjusted_rand_score(target, pred), rel_tol=1e-9, abs_tol=1e-12)
 
 
 @pytest.mark.parametrize("k", [2, 5, 12])

@@ -43,6 +43,9 @@ def test_hungarian_order_puts_matches_on_the_diagonal():
     counts, clusters, classes = hungarian_order(pred, target)
     assert torch.equal(counts, 2 * torch.eye(3, dtype=torch.long))
     assert [(c, t) for c, t in zip(clusters, classes)] == [(0, 1), (1, 2), (2, 0)]
+    # the classes by their labels, those present only (labels 3, 5, 9 had columns 0 to 9)
+    counts, clusters, classes = hungarian_order(pred, torch.tensor([3, 3, 5, 5, 9, 9]))
+    assert counts.shape == (3, 3) and [(c, t) for c, t in zip(clusters, classes)] == [(0, 5), (1, 9), (2, 3)]
 
 
 def test_views_land_in_tensorboard(tmp_path):
