@@ -8,6 +8,7 @@ stops when fewer than `tol` of the labels changed between two refreshes.
 """
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -191,7 +192,9 @@ class DECModule(L.LightningModule):
             q = self.head(z).exp()
         self.p = target_distribution(q)
         labels = q.argmax(1)
-        self.delta_label.copy_((labels != self.last_labels).float().mean())
+        # the first refresh has no earlier one to compare with (its labels are the initial centres' own): NaN
+        changed = (labels != self.last_labels).float().mean() if self.n_refresh > 0 else float("nan")
+        self.delta_label.copy_(changed)
         self.last_labels = labels
         self.n_refresh += 1
         self._log_refresh(q)
@@ -232,7 +235,11 @@ class DECModule(L.LightningModule):
         labels = q.argmax(1)
         sizes = torch.bincount(labels, minlength=self.hparams.n_clusters).tolist()  # one read from the device
         largest = max(sizes) / labels.numel()
-        metrics = {"refine/delta_label": float(self.delta_label), "refine/largest_cluster": largest}
+        delta = float(self.delta_label)
+        metrics = {"refine/largest_cluster": largest}
+        if not math.isnan(delta):  # from the second refresh on (it was 0 at the first: nothing was compared)
+            metrics["refine/delta_label"] = delta
+            self.log("delta", torch.tensor(delta), prog_bar=True, logger=False)
         metrics.update(self._interval_means())
         # the bar's values as tensors on the host: Lightning reads them at every step's end, which
         # for a tensor on a GPU would wait for it at every step
@@ -243,7 +250,6 @@ class DECModule(L.LightningModule):
         targets = self.trainer.datamodule.data.labels
         if targets is not None:
             metrics.update({f"val/{k}": v for k, v in external_metrics(labels, targets).items()})
-        self.log("delta", torch.tensor(float(self.delta_label)), prog_bar=True, logger=False)
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_step)
             if self.trainer.is_global_zero and isinstance(self.logger, TensorBoardLogger):

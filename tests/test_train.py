@@ -64,6 +64,8 @@ def test_quick_run_leaves_everything_in_its_folder(tmp_path):
     kl = events.Scalars("refine/kl")  # the mean over the 10 steps before each refresh after the first, and the end
     assert [e.step for e in kl] == [10, 20, 30, 40] and all(e.value > 0 for e in kl)
     assert [e.step for e in events.Scalars("refine/recon")] == [10, 20, 30, 40]
+    # labels changed at each refresh after the first: the first has none before it (until 2026-12-06 a 0 at step 0)
+    assert [e.step for e in events.Scalars("refine/delta_label")] == [10, 20, 30]
 
 
 def test_default_digits_run_reaches_its_accuracy(tmp_path):
