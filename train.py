@@ -69,6 +69,7 @@ def main(cfg: DictConfig) -> float:
                 raise CompactHydraException(message) from None
             runs.log_to_file(log, message)  # train.log keeps it; the console gets it once, below
             sys.exit(message)
+        runs.log_to_file(log, f"error: {type(e).__name__}: {e}", e)  # a fault of ours: its traceback too
         raise
     except BaseException as e:  # SIGTERM or Ctrl-C: LastCheckpoint saved the step reached and stopped the fit
         stop = "SIGTERM" if type(e).__name__ == "SIGTERMException" else "Ctrl-C" if runs.stopped_by_ctrl_c(e) else None

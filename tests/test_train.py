@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from deep_clustering.data import load_digits
 from deep_clustering.export import write_metrics
-from tests.conftest import run_train, shared_npz
+from tests.conftest import ROOT, run_train, shared_npz
 
 QUICK = ["pretrain.epochs=10", "refine.max_iters=40", "refine.update_interval=10", "init.manifold=none"]
 
@@ -107,6 +109,23 @@ def test_bad_input_stops_before_training_with_one_line(tmp_path, pretrained_digi
     assert last.startswith(message.format(**fill)), proc.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert last in (tmp_path / "run" / "train.log").read_text()  # the run's log says why it ended
+
+
+def test_a_fault_of_ours_leaves_its_traceback_in_the_runs_log(tmp_path):
+    # a bug (here a stand-in pipeline.train that raises) is not an input error: the console gets
+    # Hydra's traceback and train.log keeps it too (until 2026-12-06 train.log ended without it)
+    script = (
+        "import runpy, sys\n"
+        "from deep_clustering import pipeline\n"
+        "def train(*args): raise RuntimeError('a fault of ours')\n"
+        "pipeline.train = train\n"
+        f"sys.argv = ['train.py', 'hydra.run.dir={tmp_path / 'run'}']\n"
+        f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "RuntimeError: a fault of ours" in proc.stderr
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "error: RuntimeError: a fault of ours" in log and "Traceback (most recent call last)" in log
 
 
 def test_a_tiny_data_set_runs_to_the_end_and_says_what_happened(tmp_path):
