@@ -42,7 +42,7 @@ def main(cfg: DictConfig) -> float:
         if cfg.resume:
             cfg, choices = runs.resumed_config(cfg, list(HydraConfig.get().overrides.task), run_dir, choices)
             log.info("resuming the run in %s", run_dir)
-        check_config(cfg, reference_config(choices))
+        check_config(cfg, reference_config(choices, HydraConfig.get().job.config_name))
         # torch and Lightning (about 9 s to import on 2 cores) only now: a mistyped key, a refused
         # resume= or a bad config value answers in seconds
         # Their some 750,000 objects live as long as the process: no garbage collection while they

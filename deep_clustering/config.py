@@ -36,11 +36,18 @@ def check_config(cfg: DictConfig, reference: DictConfig) -> None:
             raise InputError(f"{key}={value} is out of range: it must be {meaning}")
 
 
-def reference_config(choices: Mapping[str, str | None]) -> DictConfig:
-    """The config groups that were chosen (data=..., model=...), composed without the command line's
-    value overrides: what `check_config` compares against. Needs Hydra initialised."""
-    groups = [f"{k}={v}" for k, v in choices.items() if v is not None and not k.startswith("hydra")]
-    return hydra.compose(config_name="train", overrides=groups)
+RECIPES = ("experiment", "hparams_search")  # groups that set values of the others: checked as the command line's are
+
+
+def reference_config(choices: Mapping[str, str | None], config_name: str = "train") -> DictConfig:
+    """The config groups that were chosen (data=..., model=...; also those an experiment chose),
+    composed without the command line's value overrides and without the experiment's, whose keys
+    and values are checked against it as the command line's are: what `check_config` compares
+    against. Needs Hydra initialised (with the run's search path, so a user's --config-dir too)."""
+    groups = [
+        f"{k}={v}" for k, v in choices.items() if v is not None and not k.startswith("hydra") and k not in RECIPES
+    ]
+    return hydra.compose(config_name=config_name, overrides=groups)
 
 
 def is_whole(v: Any) -> bool:

@@ -1,6 +1,7 @@
 """Every config option composes and instantiates; bad keys and values are refused by name."""
 
 import inspect
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -8,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import InstantiationException
+from hydra.errors import InstantiationException, MissingConfigException
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from deep_clustering.config import check_config
+from deep_clustering.config import check_config, reference_config
 from deep_clustering.data import ImageSet
 from deep_clustering.errors import InputError
 
@@ -139,10 +140,41 @@ def test_check_config_accepts_defaults_and_trainer_arguments():
     check_config(composed("+trainer.gradient_clip_val=1.0", "refine.gamma=1"), composed())
 
 
+def checked(*overrides: str, config_dir: Path = CONFIGS, config_name: str = "train"):
+    """The config as train.py composes and checks it: against the groups it chose, experiments' keys
+    and values too."""
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
+        full = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name, overrides=list(overrides))
+        check_config(cfg, reference_config(full.hydra.runtime.choices, config_name))
+    return cfg
+
+
+def test_an_experiments_keys_and_values_are_checked(tmp_path):
+    # a user's experiment file, as --config-dir finds it: until 2026-12-06 it was its own reference,
+    # so a misspelt key passed unnoticed and a value of the wrong type met a TypeError
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    mine = tmp_path / "configs" / "experiment" / "mine.yaml"
+    mine.write_text("# @package _global_\ndefaults:\n  - override /data: usps\nrefine:\n  gama: 0.5\n")
+    with pytest.raises(InputError, match=r"unknown config key 'refine.gama' \(known keys under 'refine': "):
+        checked("experiment=mine", config_dir=tmp_path / "configs")
+    mine.write_text("# @package _global_\nrefine:\n  tol: abc\n")
+    with pytest.raises(InputError, match="refine.tol='abc': expected float, got str"):
+        checked("experiment=mine", config_dir=tmp_path / "configs")
+    mine.write_text("# @package _global_\ndefaults:\n  - override /data: usps\nrefine:\n  gamma: 0.5\n")
+    cfg = checked("experiment=mine", config_dir=tmp_path / "configs")
+    assert cfg.data.name == "USPS" and cfg.refine.gamma == 0.5
+    # a misspelt experiment is Hydra's error (until 2026-12-06 the group was optional: the default job ran)
+    with pytest.raises(MissingConfigException, match="Could not find 'experiment/mien'"):
+        checked("experiment=mien")
+    # a user's own top-level config (--config-name) may add keys of its own
+    (tmp_path / "configs" / "mine.yaml").write_text("defaults:\n  - train\n  - _self_\nnote: hello\n")
+    assert checked(config_dir=tmp_path / "configs", config_name="mine").note == "hello"
+
+
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_presets_compose_and_instantiate(name):
-    cfg = composed(f"experiment={name}")
-    check_config(cfg, composed(f"experiment={name}"))
+    cfg = checked(f"experiment={name}")
     size = {"USPS": (16, 16)}.get(cfg.data.get("name"), (28, 28))
     model = instantiate(cfg.model, in_channels=1, image_size=size, _convert_="all")
     assert model(torch.rand(2, 1, *size))[1].shape == (2, 1, *size)
