@@ -37,6 +37,7 @@ def main(cfg: DictConfig) -> float:
     started = START if START is not None else time.perf_counter()
     START = None  # each later job of a multirun starts its clock when it starts
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    runs.back_to_launch_dir()
     try:
         choices = dict(HydraConfig.get().runtime.choices)
         if cfg.resume:
@@ -94,7 +95,6 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     try:
         runs.check_resume(sys.argv[1:])
-        runs.check_fresh_folder(sys.argv[1:])
     except InputError as e:
         sys.exit(f"error: {e}")
     main()

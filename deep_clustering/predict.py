@@ -104,6 +104,7 @@ def predict(cfg: DictConfig, out: Path) -> dict:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
+    runs.back_to_launch_dir()
     try:
         counts = predict(cfg, out)
     except Exception as e:
@@ -121,8 +122,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        runs.check_fresh_folder(sys.argv[1:])
-    except InputError as e:
-        sys.exit(f"error: {e}")
     main()

@@ -3,16 +3,21 @@ run left in it to resume from."""
 
 import logging
 import os
+import sys
 from datetime import datetime
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from deep_clustering.errors import InputError
 
 CONFIG = ".hydra/config.yaml"  # the composed config Hydra saves in every run folder
 FINISHED = "metrics.json"  # written last: its presence means the run completed
+RUN_FILES = (CONFIG, "checkpoints", FINISHED, "predictions.csv")  # any of them: a folder an earlier run used
 
 
 def stopped_by_ctrl_c(e: BaseException) -> bool:
@@ -106,26 +111,44 @@ def check_resume(args: list[str]) -> None:
         raise InputError(f"resume={folder} continues in its own folder: leave out hydra.run.dir={elsewhere}")
 
 
-def check_fresh_folder(args: list[str]) -> None:
-    """Refuse, before Hydra writes anything, a `hydra.run.dir=` (or `hydra.sweep.dir=`, under -m)
-    that already holds a run (its .hydra/config.yaml, or a job folder's): the new run would write over
-    that run's config and outputs, and pick up its checkpoints. An interrupted run continues with
-    `resume=` (vetted by `check_resume`), which is the one way back into a used folder."""
-    if _resume(args) is not None or started_for_another_rank():
-        return
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"  # the folder Hydra will write to
-    given = _value(args, key)
-    if given is None:
-        return
-    folder = Path(given)
-    used = sorted(folder.glob(f"*/{CONFIG}")) if multirun else [folder / CONFIG]
-    used = [f for f in used if f.is_file()]
-    if used:
-        raise InputError(
-            f"{key}={folder} already holds a run ({used[0]}): a run never writes over another's "
-            f"outputs; choose a new folder, or continue an interrupted run with resume=FOLDER"
-        )
+def earlier_run(folder: Path) -> Path | None:
+    """What marks `folder` as an earlier run's (a training run's or a predict's), if anything does."""
+    return next((folder / f for f in RUN_FILES if (folder / f).exists()), None)
+
+
+class FreshFolder(Callback):
+    """Hydra callback (`hydra.callbacks` in configs/train.yaml and predict.yaml): refuses, before Hydra
+    writes anything, a `hydra.run.dir` (under -m: a `hydra.sweep.dir` one of whose job folders) that
+    already holds a run, as Hydra resolves it (`${seed}`, `${now:%H-%M}` and the like included): the
+    new run would write over that run's config and outputs, and pick up its checkpoints. An
+    interrupted run continues with `resume=` (vetted by `check_resume`), the one way back into a used
+    folder; the project's own folders (`dc.run_dir`) are new, or the shared folder of a SLURM or
+    torchrun job, which a requeued job continues. Also refuses `hydra.output_subdir=null` for a
+    training run, whose config `resume=` needs."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "sweep")
+
+    @staticmethod
+    def _check(config: DictConfig, mode: str) -> None:
+        if config.get("resume") or started_for_another_rank():
+            return
+        if "resume" in config and config.hydra.output_subdir is None:
+            sys.exit("error: hydra.output_subdir=null: a run keeps its config in .hydra, which resume= needs")
+        if str(OmegaConf.to_container(config.hydra[mode], resolve=False)["dir"]).startswith("${dc.run_dir:"):
+            return
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the folder's name
+        folder = Path(config.hydra[mode].dir)
+        used = [earlier_run(folder)] if mode == "run" else [earlier_run(job) for job in sorted(folder.glob("*/"))]
+        used = [f for f in used if f is not None]
+        if used:
+            sys.exit(
+                f"error: hydra.{mode}.dir={folder} already holds a run ({used[0]}): a run never writes over "
+                f"another's outputs; choose a new folder, or continue an interrupted run with resume=FOLDER"
+            )
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str], run_dir: Path, choices: dict) -> tuple[DictConfig, dict]:
@@ -188,3 +211,11 @@ def log_to_file(log: logging.Logger, message: str, error: BaseException | None =
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+def back_to_launch_dir() -> None:
+    """Paths on the command line (data.path, resume=, pretrained=, checkpoint=) are relative to where
+    the command ran, as Hydra's to_absolute_path reads them, whatever `hydra.job.chdir` says: where
+    chdir=true moved Hydra into the run folder, move back (the run writes into its folder by absolute
+    paths). Until 2026-12-06 chdir=true broke every relative path."""
+    os.chdir(HydraConfig.get().runtime.cwd)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -410,28 +411,47 @@ def tree(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("way", ["run", "quoted", "sweep"])
+@pytest.mark.parametrize("way", ["run", "quoted", "interpolated", "no_config", "sweep"])
 def test_a_new_run_into_a_used_folder_is_refused(pretrained_digits, tmp_path, way):
-    """A finished run's folder named as hydra.run.dir (also in quotes, as Hydra allows), or a sweep's
-    job folder under hydra.sweep.dir, is refused before Hydra writes anything: the run would write
-    over it and pick up its checkpoints."""
+    """A finished run's folder named as hydra.run.dir (also in quotes, as Hydra allows, or through an
+    interpolation, as Hydra resolves it), or a sweep's job folder under hydra.sweep.dir, is refused
+    before Hydra writes anything: the run would write over it and pick up its checkpoints."""
+    used, config = pretrained_digits, pretrained_digits / ".hydra" / "config.yaml"
     if way == "sweep":
         used = tmp_path / "sweep"
         (used / "0" / ".hydra").mkdir(parents=True)
-        (used / "0" / ".hydra" / "config.yaml").write_text((pretrained_digits / ".hydra" / "config.yaml").read_text())
+        (used / "0" / ".hydra" / "config.yaml").write_text(config.read_text())
         args = ["-m", f"hydra.sweep.dir={used}", "seed=1,2"]
         message = f"error: hydra.sweep.dir={used} already holds a run ({used / '0' / '.hydra' / 'config.yaml'})"
-    else:
-        used, args = (
-            pretrained_digits,
-            [f'hydra.run.dir="{pretrained_digits}"' if way == "quoted" else f"hydra.run.dir={pretrained_digits}"],
-        )
+    elif way == "interpolated":  # until 2026-12-06 the text as typed was checked: this run took the folder over
+        used = tmp_path / "seed_0"
+        shutil.copytree(pretrained_digits, used)
+        args = [f"hydra.run.dir={tmp_path}/seed_${{seed}}"]
         message = f"error: hydra.run.dir={used} already holds a run ({used / '.hydra' / 'config.yaml'})"
+    elif way == "no_config":  # a run made with hydra.output_subdir=null: its checkpoints mark it
+        used = tmp_path / "run"
+        shutil.copytree(pretrained_digits, used, ignore=shutil.ignore_patterns(".hydra"))
+        args = [f"hydra.run.dir={used}"]
+        message = f"error: hydra.run.dir={used} already holds a run ({used / 'checkpoints'})"
+    else:
+        args = [f'hydra.run.dir="{used}"' if way == "quoted" else f"hydra.run.dir={used}"]
+        message = f"error: hydra.run.dir={used} already holds a run ({config})"
     before = tree(used)
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
     assert tree(used) == before  # nothing written, nothing touched
+
+
+def test_a_run_without_its_config_is_refused(tmp_path):
+    # resume= needs the config in .hydra: hydra.output_subdir=null would make a run that cannot resume
+    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=null"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "error: hydra.output_subdir=null: a run keeps its config in .hydra, which resume= needs"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_api_refuses_a_finished_runs_folder(pretrained_digits, digits):

@@ -111,6 +111,17 @@ def test_bad_input_stops_before_training_with_one_line(tmp_path, pretrained_digi
     assert last in (tmp_path / "run" / "train.log").read_text()  # the run's log says why it ended
 
 
+def test_relative_paths_are_the_launch_folders_under_hydra_job_chdir(tmp_path, digits):
+    # Hydra's chdir=true moves into the run folder; data.path=small.npz is still where the command ran
+    # (until 2026-12-06: "no such file"). n_clusters above the images stops it once the file is read.
+    x, y = digits
+    np.savez(tmp_path / "small.npz", x_train=x[:300], y_train=y[:300])
+    cmd = [sys.executable, str(ROOT / "train.py"), "data=npz", "data.path=small.npz", "n_clusters=500"]
+    cmd += ["hydra.job.chdir=true", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: n_clusters=500 is more than the 300 images")
+
+
 def test_a_fault_of_ours_leaves_its_traceback_in_the_runs_log(tmp_path):
     # a bug (here a stand-in pipeline.train that raises) is not an input error: the console gets
     # Hydra's traceback and train.log keeps it too (until 2026-12-06 train.log ended without it)
