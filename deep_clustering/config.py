@@ -19,6 +19,17 @@ INIT_CHOICES = {  # init.*: what kmeans.KMeansInit accepts
     "clusterer": ("kmeans", "gmm"),
 }
 FIRST_TARGETS = ("q", "labels")  # refine.first_target
+STAGE_SETS = {  # Lightning Trainer arguments each stage sets itself: +trainer.KEY would be overridden
+    "max_epochs": "pretraining's length is pretrain.epochs",
+    "max_steps": "refinement's length is refine.max_iters",
+    "fast_dev_run": "for a quick run, pretrain.epochs=1 refine.max_iters=10",
+    "logger": "TensorBoard's, in the run folder",
+    "callbacks": "the run's own",
+    "plugins": "the run's own checkpoint writer",
+    "default_root_dir": "the run folder (hydra.run.dir)",
+    "enable_checkpointing": "each stage keeps its last.ckpt, for resume=",
+    "use_distributed_sampler": "the run's own sampler",
+}
 
 
 def check_config(cfg: DictConfig, reference: DictConfig) -> None:
@@ -30,6 +41,9 @@ def check_config(cfg: DictConfig, reference: DictConfig) -> None:
         reference: the same config groups composed without the command line's value overrides.
     """
     _check_keys(OmegaConf.to_container(cfg, resolve=False), OmegaConf.to_container(reference, resolve=False), "")
+    for key, instead in STAGE_SETS.items():
+        if key in cfg.get("trainer", {}):
+            raise InputError(f"trainer.{key}: each stage of a run sets it ({instead})")
     for key, (ok, meaning) in RULES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):

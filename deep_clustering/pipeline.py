@@ -238,7 +238,12 @@ def use_graphs(cfg: DictConfig, trainer: L.Trainer, data: ImageSet) -> bool:
     """Whether this stage captures its training steps as CUDA graphs (`cuda_graphs`, where possible)."""
     in_memory = not isinstance(data.images, DiskImages)
     device = trainer.strategy.root_device
-    return bool(cfg.cuda_graphs) and graphs.possible(device, trainer.precision, in_memory)
+    if not (cfg.cuda_graphs and graphs.possible(device, trainer.precision, in_memory)):
+        return False
+    if trainer.gradient_clip_val or trainer.accumulate_grad_batches > 1:  # Lightning's, in its own steps
+        log.info("cuda_graphs: eager steps, for Lightning's gradient clipping or accumulation")
+        return False
+    return True
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoardLogger | bool, **limits) -> L.Trainer:

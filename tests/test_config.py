@@ -99,6 +99,12 @@ def test_optimizers_and_init_instantiate():
         ("init.tsne_iters=100", "init.tsne_iters=100 is out of range: it must be a whole number, at least 250"),
         ("init.tsne_lr_scale=0", "init.tsne_lr_scale=0 is out of range: it must be positive"),
         ("init.tsne_angle=1.5", "init.tsne_angle=1.5 is out of range: it must be more than 0, at most 1"),
+        # Trainer arguments each stage sets: until 2026-12-06 accepted, then overridden without a word
+        (
+            "+trainer.max_epochs=1",
+            r"trainer.max_epochs: each stage of a run sets it \(pretraining's length is pretrain",
+        ),
+        ("+trainer.fast_dev_run=true", r"trainer.fast_dev_run: each stage .* \(for a quick run, pretrain.epochs=1"),
     ],
 )
 def test_check_config_refuses(override, message):

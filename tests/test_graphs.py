@@ -115,3 +115,18 @@ def test_graphed_steps_under_ddp_average_the_gradients_as_ddp_does(tmp_path):
             # the same weights on both processes, and as Lightning's DDP gives
             where = f"{name}, rank {rank}, graphed {graphed}"
             torch.testing.assert_close(result[graphed][2][name], a, msg=lambda m, where=where: f"{where}: {m}")
+
+
+@pytest.mark.parametrize("option", [{}, {"gradient_clip_val": 1.0}, {"accumulate_grad_batches": 2}])
+def test_lightnings_clipping_and_accumulation_take_eager_steps(monkeypatch, option):
+    # captured steps are manual optimization, which Lightning refuses to clip or accumulate: with
+    # either the steps stay eager (until 2026-12-06 +trainer.gradient_clip_val=1.0 on a GPU ended
+    # in Lightning's MisconfigurationException). Where capture is possible is pretended here.
+    from omegaconf import OmegaConf
+
+    from deep_clustering import graphs, pipeline
+
+    monkeypatch.setattr(graphs, "possible", lambda *args: True)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, **option)
+    data = ImageSet(torch.rand(4, 1, 8, 8))
+    assert pipeline.use_graphs(OmegaConf.create({"cuda_graphs": True}), trainer, data) == (not option)
