@@ -113,6 +113,9 @@ def _check_keys(value: Any, ref: Any, path: str) -> None:
                 known = ", ".join(sorted(str(k) for k in ref)) or "none"
                 raise InputError(f"unknown config key '{_join(path, key)}' (known keys under {where}: {known})")
             _check_keys(value[key], ref[key], _join(path, key))
+        for key in ref:  # deleted with ~KEY: only where the group's _target_ has a default for it
+            if key not in value and not _is_parameter(ref.get("_target_"), key, with_default=True):
+                raise InputError(f"~{_join(path, key)}: the run needs this key; give it another value instead")
     elif isinstance(ref, list):
         if not isinstance(value, list):
             raise InputError(f"{path}={value!r}: expected a list")
@@ -120,15 +123,17 @@ def _check_keys(value: Any, ref: Any, path: str) -> None:
         raise InputError(f"{path}={value!r}: expected {type(ref).__name__}, got {type(value).__name__}")
 
 
-def _is_parameter(target: Any, key: str) -> bool:
-    """Whether `key` is a named parameter of the callable `target` names."""
+def _is_parameter(target: Any, key: str, with_default: bool = False) -> bool:
+    """Whether `key` is a named parameter of the callable `target` names (`with_default`: one with a
+    default value)."""
     if not isinstance(target, str):
         return False
     try:
         params = inspect.signature(get_object(target)).parameters
     except (ImportError, ValueError, TypeError):
         return False
-    return key in params and params[key].kind in (params[key].POSITIONAL_OR_KEYWORD, params[key].KEYWORD_ONLY)
+    named = key in params and params[key].kind in (params[key].POSITIONAL_OR_KEYWORD, params[key].KEYWORD_ONLY)
+    return named and not (with_default and params[key].default is inspect.Parameter.empty)
 
 
 def _same_type(value: Any, ref: Any) -> bool:
