@@ -59,6 +59,9 @@ def main(cfg: DictConfig) -> float:
         if first:
             gc.freeze()
             gc.enable()
+        # the `lightning` package prints its lines through a console handler of its own, and Hydra's
+        # handlers print them too: each twice on the console. Hydra's keep them, in train.log as well
+        logging.getLogger("lightning").handlers.clear()
 
         result = pipeline.train(cfg, instantiate(cfg.data, _convert_="all"), run_dir, started)
     except Exception as e:
