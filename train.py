@@ -73,26 +73,29 @@ def main(cfg: DictConfig) -> float:
                 raise CompactHydraException(message) from None
             runs.log_to_file(log, message)  # train.log keeps it; the console gets it once, below
             sys.exit(message)
-        runs.log_to_file(log, f"error: {type(e).__name__}: {e}", e)  # a fault of ours: its traceback too
+        runs.log_to_file(log, f"error: {type(e).__name__}: {e}", error=e)  # a fault of ours: its traceback too
         raise
     except BaseException as e:  # SIGTERM or Ctrl-C: LastCheckpoint saved the step reached and stopped the fit
         stop = "SIGTERM" if type(e).__name__ == "SIGTERMException" else "Ctrl-C" if runs.stopped_by_ctrl_c(e) else None
         if stop and runs.started_for_another_rank():
             sys.exit(1)  # the first process of a DDP run says it
         if stop:
-            sys.exit(f"stopped by {stop}; continue with: python train.py resume={run_dir}")
+            message = f"stopped by {stop}; continue with: python train.py resume={run_dir}"
+            runs.log_to_file(log, message, logging.WARNING)
+            sys.exit(message)
         raise
     if result is None:
         return float("nan")
     metrics = result.metrics
-    print(f"run folder: {run_dir}")
     if "acc" in metrics:
-        print(f"ACC {metrics['acc']:.4f}  NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}")
-        return metrics["acc"]
-    # the scores without labels (nan where one cluster holds every sample: null in metrics.json)
-    sil, db, ch = (metrics[k] for k in ("silhouette", "davies_bouldin", "calinski_harabasz"))
-    print(f"silhouette {sil:.4f}  Davies-Bouldin {db:.4f}  Calinski-Harabasz {ch:.1f}")
-    return sil
+        scores = f"ACC {metrics['acc']:.4f}  NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}"
+    else:  # the scores without labels (nan where one cluster holds every sample: null in metrics.json)
+        sil, db, ch = (metrics[k] for k in ("silhouette", "davies_bouldin", "calinski_harabasz"))
+        scores = f"silhouette {sil:.4f}  Davies-Bouldin {db:.4f}  Calinski-Harabasz {ch:.1f}"
+    runs.log_to_file(log, f"finished: {scores}", logging.INFO)
+    print(f"run folder: {run_dir}")
+    print(scores)
+    return metrics["acc"] if "acc" in metrics else metrics["silhouette"]
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def main(cfg: DictConfig) -> None:
             message = f"error: {str(cause).splitlines()[0]}"
             runs.log_to_file(log, message)
             sys.exit(message)
-        runs.log_to_file(log, f"error: {type(e).__name__}: {e}", e)  # a fault of ours: its traceback too
+        runs.log_to_file(log, f"error: {type(e).__name__}: {e}", error=e)  # a fault of ours: its traceback too
         raise
     sizes = ", ".join(f"{k}: {n}" for k, n in counts.items())
     log.info("%d images sorted by the model in %s; images per cluster: %s", sum(counts.values()), cfg.checkpoint, sizes)

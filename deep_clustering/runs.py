@@ -203,11 +203,13 @@ def trained_checkpoint(path: str | Path) -> Path:
     return file
 
 
-def log_to_file(log: logging.Logger, message: str, error: BaseException | None = None) -> None:
-    """Log an error to the run's log file only (train.log, predict.log), for a command that then
-    prints it once on the console as it exits; with `error`, its traceback too."""
+def log_to_file(
+    log: logging.Logger, message: str, level: int = logging.ERROR, error: BaseException | None = None
+) -> None:
+    """Log to the run's log file only (train.log, predict.log) what the command prints once on the
+    console itself (an error as it exits, the final scores); with `error`, its traceback too."""
     exc_info = (type(error), error, error.__traceback__) if error is not None else None
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, exc_info)
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, exc_info)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -127,6 +127,7 @@ def test_a_run_interrupted_in_each_stage_resumes_to_the_uninterrupted_run(tmp_pa
     err = killed(proc, signal.SIGTERM)
     assert proc.returncode != 0
     assert err.strip().splitlines()[-1] == f"stopped by SIGTERM; continue with: python train.py {resume}"
+    assert f"stopped by SIGTERM; continue with: python train.py {resume}" in (run_dir / "train.log").read_text()
     assert torch.load(ckpt, weights_only=True)["global_step"] % 15 != 0  # mid-epoch: 900 images, 15 batches of 64
 
     proc = start(run_dir, resume, warnings="default")

@@ -35,6 +35,9 @@ def test_quick_run_leaves_everything_in_its_folder(tmp_path):
     # Lightning's lines once, through Hydra's handlers (until 2026-12-06 also through its own: twice)
     said = proc.stdout + proc.stderr
     assert said.count("`Trainer.fit` stopped: `max_steps=40` reached.") == 1, said[-3000:]
+    log = (run_dir / "train.log").read_text()  # what ran and how it ended, as the console said
+    assert "stage 2-3/4: K-means on the codes (20 restarts)" in log
+    assert log.strip().splitlines()[-1].endswith(f"finished: {proc.stdout.strip().splitlines()[-1]}")
     m = read_metrics(run_dir)
     assert m["n_samples"] == 1797 and m["n_clusters"] == 10 and m["device"] == "cpu"
     assert 0.5 < m["acc"] <= 1 and 0 < m["nmi"] <= 1 and -1 <= m["ari"] <= 1
