@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--over", nargs="*", default=[], help="settings averaged over, beside seed")
     args = parser.parse_args(argv)
     rows = collect(args.sweep_dir)
+    jobs = sorted(config.parent.parent for config in args.sweep_dir.glob("**/.hydra/config.yaml"))
+    unfinished = [str(job.relative_to(args.sweep_dir)) for job in jobs if not (job / "metrics.json").exists()]
+    if unfinished:  # refused for their input, failed, or still running: not in the table
+        print(f"{len(unfinished)} of {len(jobs)} jobs left out, with no metrics.json: {', '.join(unfinished)}")
     if not rows:
         parser.exit(2, f"error: no finished runs (metrics.json) under {args.sweep_dir}\n")
     metric = args.metric or ("acc" if all("acc" in r["metrics"] for r in rows) else "silhouette")

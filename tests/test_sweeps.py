@@ -105,6 +105,7 @@ def test_k_sweep_finds_the_true_number_of_clusters(tmp_path, capsys):
     assert refused in (sweep / "0" / "train.log").read_text() and not (sweep / "0" / "metrics.json").exists()
     summarize([str(sweep), "--metric", "silhouette"])
     out = capsys.readouterr().out
+    assert out.splitlines()[0] == "1 of 5 jobs left out, with no metrics.json: 0"  # the refused job, said
     # the best K by silhouette occupies the 4 true clusters (a larger K can leave its extra clusters
     # empty, the same partition), and 3 clusters rank below it
     best = next(line for line in out.splitlines() if line.startswith("best: "))
