@@ -50,6 +50,8 @@ def new_folder(base: str) -> str:
     if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
         return f"{base}/torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
     stem = f"{base}/{datetime.now():%Y-%m-%d/%H-%M-%S}"
+    if any(a in ("--cfg", "-c") for a in sys.argv):  # Hydra prints the config (--cfg all --resolve): no run, no folder
+        return stem
     path, n = stem, 0
     while True:
         try:

@@ -2,6 +2,8 @@
 
 import inspect
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -194,3 +196,13 @@ def test_experiment_presets_compose_and_instantiate(name):
         instantiate(opt)(model.parameters())
     header = (CONFIGS / "experiment" / f"{name}.yaml").read_text().splitlines()[1]
     assert header.startswith("# ") and " on " in header  # each preset names its method and data
+
+
+def test_printing_the_resolved_config_makes_no_folder(tmp_path):
+    # until 2026-12-06 --cfg all --resolve made empty outputs/ and multirun/ folders, and --cfg hydra
+    # --resolve ended in a traceback (`resume` is not in Hydra's own node)
+    for what in ("all", "hydra"):
+        cmd = [sys.executable, str(CONFIGS.parent / "train.py"), "--cfg", what, "--resolve"]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "dir: outputs/" in proc.stdout, proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
