@@ -246,10 +246,16 @@ def load_npz(path: str, split: str = "all", pixel_range: tuple[float, float] | N
         if "x_train" not in arrays:
             raise InputError(f"{file}: missing array 'x_train' (found: {', '.join(arrays.files) or 'none'})")
 
+        def read(key: str):
+            try:
+                return arrays[key]
+            except ValueError as e:  # object arrays: numpy will not unpickle them
+                raise InputError(f"{file}: array '{key}' cannot be read ({e}): store numbers") from None
+
         def part(name: str) -> tuple | None:
             if f"x_{name}" not in arrays:
                 return None
-            return arrays[f"x_{name}"], arrays[f"y_{name}"] if f"y_{name}" in arrays else None
+            return read(f"x_{name}"), read(f"y_{name}") if f"y_{name}" in arrays else None
 
         x, y = _pick(split, part("train"), part("test"), str(file))
     return from_arrays(x, y, str(file), pixel_range)

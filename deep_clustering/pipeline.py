@@ -10,6 +10,7 @@ import os
 import sys
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,7 +197,13 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModu
         warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated")
         # only the learning-rate curve is logged per step: an epoch shorter than the interval loses nothing
         warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
-        trainer.fit(module, datamodule, ckpt_path=runs.latest_checkpoint(checkpoints))
+        checkpoint = runs.latest_checkpoint(checkpoints)
+        if checkpoint is not None and not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip archive
+            raise InputError(
+                f"resume: {checkpoint} is damaged (not a whole checkpoint): delete it, and resume again to "
+                f"redo this stage from its start"
+            )
+        trainer.fit(module, datamodule, ckpt_path=checkpoint)
 
 
 def pretrain_module(cfg: DictConfig, autoencoder: torch.nn.Module, graphed: bool = False) -> AutoencoderModule:

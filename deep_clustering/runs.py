@@ -3,6 +3,7 @@ run left in it to resume from."""
 
 import logging
 import os
+import re
 import sys
 from datetime import datetime
 from functools import cache
@@ -38,7 +39,7 @@ def register_resolvers() -> None:
 def run_dir(base: str, resume: str | None = None) -> str:
     """Hydra's run folder (resolver `dc.run_dir`): `resume` if set (`check_resume` vetted it before
     Hydra started), else `new_folder(base)`."""
-    return str(resume) if resume else new_folder(base)
+    return str(Path(resume).expanduser()) if resume else new_folder(base)
 
 
 def new_folder(base: str) -> str:
@@ -98,7 +99,7 @@ def check_resume(args: list[str]) -> None:
     resume = _resume(args)
     if resume is None or started_for_another_rank():
         return
-    folder = Path(resume)
+    folder = Path(resume).expanduser()
     if not (folder / CONFIG).is_file():
         raise InputError(f"resume={folder}: not a run folder (it has no {CONFIG})")
     if (folder / FINISHED).is_file():
@@ -111,6 +112,13 @@ def check_resume(args: list[str]) -> None:
     elsewhere = _value(args, "hydra.run.dir")
     if elsewhere is not None and Path(elsewhere).resolve() != folder.resolve():
         raise InputError(f"resume={folder} continues in its own folder: leave out hydra.run.dir={elsewhere}")
+
+
+def override(key: str, value: object) -> str:
+    """`key=value` as a shell and Hydra's override grammar read it back: quoted where the value holds
+    anything but letters, digits and _ . / ~ : @ + - (spaces, for one)."""
+    text = str(value)
+    return f"{key}={text}" if re.fullmatch(r"[A-Za-z0-9_./~:@+-]+", text) else f"\"{key}='{text}'\""
 
 
 def earlier_run(folder: Path) -> Path | None:
@@ -136,7 +144,10 @@ class FreshFolder(Callback):
 
     @staticmethod
     def _check(config: DictConfig, mode: str) -> None:
-        if config.get("resume") or started_for_another_rank():
+        if started_for_another_rank():
+            return
+        if config.get("resume"):
+            hold(Path(config.resume).expanduser())
             return
         if "resume" in config and config.hydra.output_subdir is None:
             sys.exit("error: hydra.output_subdir=null: a run keeps its config in .hydra, which resume= needs")
@@ -151,6 +162,29 @@ class FreshFolder(Callback):
                 f"error: hydra.{mode}.dir={folder} already holds a run ({used[0]}): a run never writes over "
                 f"another's outputs; choose a new folder, or continue an interrupted run with resume=FOLDER"
             )
+        hold(folder)
+
+
+HELD = []  # the lock files this process holds, open until it ends
+
+
+def hold(folder: Path) -> None:
+    """An exclusive lock on folder/.lock for as long as this process runs (the OS releases it when the
+    process ends, however it ends): a second process started in the same folder at the same time (the
+    same resume=, or the same hydra.run.dir before either wrote) is refused rather than writing over
+    the first's files."""
+    try:
+        import fcntl
+    except ImportError:  # not on Windows
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    file = open(folder / ".lock", "w")  # held open until the process ends
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        file.close()
+        sys.exit(f"error: {folder} is in use by another process of this trainer, started there at the same time")
+    HELD.append(file)
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str], run_dir: Path, choices: dict) -> tuple[DictConfig, dict]:
@@ -158,10 +192,18 @@ def resumed_config(cfg: DictConfig, overrides: list[str], run_dir: Path, choices
     run). Only the trainer may change (another machine): `trainer=NAME` takes that group as a fresh
     run would, `trainer.KEY=VALUE` changes that one value of the run's own trainer settings.
     `choices`: this command's group choices."""
-    folder = Path(cfg.resume)
+    folder = Path(cfg.resume).expanduser()
     if folder.resolve() != run_dir.resolve():
         raise InputError(f"resume={folder} continues in its own folder: leave out hydra.run.dir={run_dir}")
-    saved = OmegaConf.load(folder / CONFIG)
+    try:
+        saved = OmegaConf.load(folder / CONFIG)
+    except Exception as e:
+        raise InputError(f"resume={folder}: {folder / CONFIG} cannot be read ({type(e).__name__})") from None
+    missing = [str(k) for k in cfg if not isinstance(saved, DictConfig) or k not in saved]
+    if missing:  # cut short or edited: the groups and keys a run's config holds
+        raise InputError(
+            f"resume={folder}: {folder / CONFIG} lacks {', '.join(missing)}: damaged, or not a run's config"
+        )
     hydra_file = folder / ".hydra" / "hydra.yaml"
     saved_choices = dict(OmegaConf.load(hydra_file).hydra.runtime.choices) if hydra_file.is_file() else dict(choices)
     for override in overrides:
@@ -191,7 +233,7 @@ def trained_checkpoint(path: str | Path) -> Path:
     if file.is_dir():
         if not (file / FINISHED).is_file() and (file / "checkpoints" / "refine" / "last.ckpt").is_file():
             again = (  # a command-line run has its Hydra config; a DeepClustering.fit's has not
-                f"python train.py resume={path}"
+                f"python train.py {override('resume', path)}"
                 if (file / CONFIG).is_file()
                 else f"DeepClustering(..., run_dir={str(path)!r}).fit(X) on the same X"
             )

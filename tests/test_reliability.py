@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from deep_clustering import runs
 from deep_clustering.callbacks import LastCheckpoint
 from deep_clustering.data import ImageDataModule, load_digits
 from deep_clustering.models import ConvAutoencoder
@@ -392,6 +393,38 @@ def test_bad_resume_is_refused(pretrained_digits, tmp_path, setup, overrides, me
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: " + message.format(run=run)), proc.stderr[-2000:]
     assert (sorted(p.name for p in run.iterdir()) if run.exists() else None) == before  # nothing written
+
+
+@pytest.mark.parametrize("damage", ["config", "checkpoint"])
+def test_a_damaged_run_is_named_in_one_line(pretrained_digits, tmp_path, damage):
+    # until 2026-12-06 a cut-short checkpoint or config ended in a traceback that named neither file
+    run = tmp_path / "run é 1"  # a space and an accent: Hydra's grammar takes it quoted
+    shutil.copytree(pretrained_digits, run, ignore=shutil.ignore_patterns("metrics.json", "tensorboard"))
+    damaged = run / (".hydra/config.yaml" if damage == "config" else "checkpoints/refine/last.ckpt")
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    message = {
+        "config": f"error: resume={run}: {damaged} lacks ",
+        "checkpoint": f"error: resume: {damaged} is damaged (not a whole checkpoint): delete it, and resume again",
+    }[damage]
+    cmd = [sys.executable, str(ROOT / "train.py"), f"resume='{run}'"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+
+
+def test_a_folder_in_use_is_refused_and_hints_quote_their_paths(tmp_path):
+    # a second process in a folder one holds (the same resume=, or the same hydra.run.dir before either
+    # wrote, at once) is refused; until 2026-12-06 both ran and wrote over each other's files
+    runs.hold(tmp_path)
+    script = f"from pathlib import Path; from deep_clustering import runs; runs.hold(Path({str(tmp_path)!r}))"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        == f"error: {tmp_path} is in use by another process of this trainer, started there at the same time"
+    )
+    # the "continue with" hint pastes back into a shell and Hydra's grammar, spaces and all
+    assert runs.override("resume", "outputs/2026-12-06/10-00-00") == "resume=outputs/2026-12-06/10-00-00"
+    assert runs.override("resume", "/tmp/runs é/run 2") == "\"resume='/tmp/runs é/run 2'\""
 
 
 def test_resume_elsewhere_is_refused(pretrained_digits, tmp_path):
