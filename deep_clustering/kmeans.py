@@ -184,9 +184,7 @@ class KMeansInit:
                 f"K-means: the codes of the {len(z)} samples take only {distinct} distinct values, fewer than "
                 f"n_clusters={self.n_clusters}: the autoencoder collapsed (see pretrain/recon) or the images repeat"
             )
-        manifold = self.manifold
-        if manifold == "auto":
-            manifold = "tsne" if z.shape[0] <= MANIFOLD_MAX_SAMPLES else "none"
+        manifold = chosen_manifold(self.manifold, z.shape[0])
         codes, points, subset = z, z, None
         if manifold == "tsne":
             if z.shape[0] > self.manifold_samples:
@@ -273,3 +271,10 @@ def reseed_empty(z: Tensor, centers: Tensor) -> tuple[Tensor, list[int]]:
 
 
 MANIFOLD_MAX_SAMPLES = 20000  # above this, 'auto' skips the t-SNE map (minutes on a CPU)
+
+
+def chosen_manifold(manifold: str, n_samples: int) -> str:
+    """`init.manifold` for `n_samples` codes: 'auto' is 'tsne' up to MANIFOLD_MAX_SAMPLES, 'none' above."""
+    if manifold != "auto":
+        return manifold
+    return "tsne" if n_samples <= MANIFOLD_MAX_SAMPLES else "none"

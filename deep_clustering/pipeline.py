@@ -32,7 +32,7 @@ from deep_clustering.data import DiskImages, ImageDataModule, ImageSet
 from deep_clustering.distributed import embed_all
 from deep_clustering.errors import InputError
 from deep_clustering.export import load_autoencoder, save_autoencoder, write_metrics, write_predictions, write_skipped
-from deep_clustering.kmeans import MANIFOLD_MAX_SAMPLES
+from deep_clustering.kmeans import chosen_manifold
 from deep_clustering.metrics import external_metrics, internal_metrics
 from deep_clustering.pretrain import AutoencoderModule
 from deep_clustering.refine import DECModule, warn_if_collapsed
@@ -100,10 +100,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
             baselines = run_baselines(list(cfg.baselines), codes, data.labels, cfg.n_clusters, cfg.seed)
     seconds["baselines"] = time.perf_counter() - start
     clusterer = "K-means" if cfg.init.clusterer == "kmeans" else "a Gaussian mixture"
-    manifold = cfg.init.manifold
-    if manifold == "auto":
-        manifold = "tsne" if len(data) <= MANIFOLD_MAX_SAMPLES else "none"
-    on = "a t-SNE map of the codes" if manifold == "tsne" else "the codes"
+    on = "a t-SNE map of the codes" if chosen_manifold(cfg.init.manifold, len(data)) == "tsne" else "the codes"
     log.info("stage 2-3/4: %s on %s (%d restarts), then refinement", clusterer, on, cfg.init.n_init)
     start = time.perf_counter()
     graphed = use_graphs(cfg, trainer, data)
