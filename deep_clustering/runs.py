@@ -64,9 +64,13 @@ def new_folder(base: str) -> str:
 
 
 @cache
-def config_subdir(resume: str | None = None) -> str:
+def config_subdir(resume: str | None = None) -> str | None:
     """Where Hydra saves this run's config (resolver `dc.config_subdir`): .hydra, or for a resumed
-    run a folder of its own inside it, so the original config stays as it was."""
+    run a folder of its own inside it, so the original config stays as it was. Nowhere for a rank
+    other than the first that SLURM or torchrun started beside it: the first saves the run's config,
+    and the config another rank wrote first would mark the folder as an earlier run's to the first."""
+    if started_for_another_rank():
+        return None
     return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}" if resume else ".hydra"
 
 
@@ -181,9 +185,12 @@ def hold(folder: Path) -> None:
     file = open(folder / ".lock", "w")  # held open until the process ends
     try:
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         file.close()
         sys.exit(f"error: {folder} is in use by another process of this trainer, started there at the same time")
+    except OSError:  # a file system without locks (Lustre mounted without flock, some NFS): no guard
+        file.close()
+        return
     HELD.append(file)
 
 

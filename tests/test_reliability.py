@@ -1,5 +1,7 @@
 """Interrupted runs resume to the same predictions; faults stop cleanly; bad resumes are refused."""
 
+import errno
+import fcntl
 import json
 import os
 import re
@@ -187,8 +189,12 @@ def still_running(run_dir: Path) -> list[str]:
 
 def as_srun_starts(run_dir: Path, tmp_path: Path, port: int, *overrides: str) -> list[subprocess.Popen]:
     """The two processes of a DDP run as SLURM's srun starts them: each `python train.py` with its
-    SLURM_* variables, in one process group. `scontrol` is a script that notes its arguments in
-    tmp_path/scontrol.log (Lightning calls `scontrol requeue JOB` on SLURM's pre-emption signal)."""
+    SLURM_* variables, in one process group, rank 0's process first in the list. `scontrol` is a
+    script that notes its arguments in tmp_path/scontrol.log (Lightning calls `scontrol requeue JOB`
+    on SLURM's pre-emption signal). srun starts them at once, in no set order: here rank 1 starts
+    first and rank 0 once rank 1's Hydra has begun its job in the folder (train.log), the order in
+    which rank 0 took rank 1's files for an earlier run's and refused the folder (CI, 2026-12-06).
+    Rank 1 leads the process group: signal it with os.killpg(procs[-1].pid, ...)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
@@ -196,19 +202,22 @@ def as_srun_starts(run_dir: Path, tmp_path: Path, port: int, *overrides: str) ->
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242"}
     slurm |= {"SLURM_STEP_ID": "0", "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_NAME": "train", "MASTER_PORT": str(port)}
     slurm["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
-    first = start(run_dir, *overrides, env={**slurm, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, process_group=0)
+    second = start(run_dir, *overrides, env={**slurm, "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}, process_group=0)
+    wait_for(lambda: (run_dir / "train.log").exists(), second, 120)
+    time.sleep(1.0)  # Hydra saves the config right after it opens the log
     return [
-        first,
-        start(run_dir, *overrides, env={**slurm, "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}, process_group=first.pid),
+        start(run_dir, *overrides, env={**slurm, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, process_group=second.pid),
+        second,
     ]
 
 
 def ended(procs: list[subprocess.Popen], timeout: float = 120) -> list[str]:
-    """The stderr of each of `procs` once all have ended; all killed if they have not within `timeout` s."""
+    """The stderr of each of `procs` once all have ended; all killed if they have not within `timeout` s
+    (the last of `procs` leads their process group)."""
     try:
         return [proc.communicate(timeout=timeout)[1] for proc in procs]
     except subprocess.TimeoutExpired:
-        os.killpg(procs[0].pid, signal.SIGKILL)
+        os.killpg(procs[-1].pid, signal.SIGKILL)
         raise AssertionError(f"the processes did not stop within {timeout} s") from None
 
 
@@ -262,9 +271,9 @@ def test_a_ddp_run_stopped_by_signals_resumes_to_the_uninterrupted_run(tmp_path)
     procs = as_srun_starts(run, tmp_path, free_port(), *settings, "checkpoint.min_interval_s=600")
     wait_for(lambda: saved_at(folder / "last.ckpt") > 0, procs[0])
     time.sleep(1.0)
-    os.killpg(procs[0].pid, signal.SIGUSR1)
+    os.killpg(procs[-1].pid, signal.SIGUSR1)
     wait_for(lambda: (tmp_path / "scontrol.log").exists(), procs[0], 60)  # after the save
-    os.killpg(procs[0].pid, signal.SIGKILL)
+    os.killpg(procs[-1].pid, signal.SIGKILL)
     ended(procs)
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     hpc, last = (
@@ -411,10 +420,20 @@ def test_a_damaged_run_is_named_in_one_line(pretrained_digits, tmp_path, damage)
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
 
 
-def test_a_folder_in_use_is_refused_and_hints_quote_their_paths(tmp_path):
+def no_locks(code: int, *args) -> None:
+    """fcntl.flock on a file system without locks."""
+    raise OSError(code, os.strerror(code))
+
+
+def test_a_folder_in_use_is_refused_and_hints_quote_their_paths(tmp_path, monkeypatch):
     # a second process in a folder one holds (the same resume=, or the same hydra.run.dir before either
     # wrote, at once) is refused; until 2026-12-06 both ran and wrote over each other's files
     runs.hold(tmp_path)
+    # a file system without locks (ENOLCK: Lustre mounted without flock) runs unguarded; it was
+    # refused as "in use" until 2026-12-06
+    with monkeypatch.context() as patched:
+        patched.setattr(fcntl, "flock", partial(no_locks, errno.ENOLCK))
+        runs.hold(tmp_path / "lustre")
     script = f"from pathlib import Path; from deep_clustering import runs; runs.hold(Path({str(tmp_path)!r}))"
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1
