@@ -195,11 +195,17 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModu
         # only the learning-rate curve is logged per step: an epoch shorter than the interval loses nothing
         warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
         checkpoint = runs.latest_checkpoint(checkpoints)
-        if checkpoint is not None and not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip archive
-            raise InputError(
-                f"resume: {checkpoint} is damaged (not a whole checkpoint): delete it, and resume again to "
-                f"redo this stage from its start"
-            )
+        if checkpoint is not None:
+            if not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip archive
+                raise InputError(
+                    f"resume: {checkpoint} is damaged (not a whole checkpoint): delete it, and resume again to "
+                    f"redo this stage from its start"
+                )
+            # the data first: Lightning loads the weights before the DataModule's state, and images of
+            # another size would meet a size-mismatch traceback there
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+            if type(datamodule).__qualname__ in saved:
+                datamodule.load_state_dict(saved[type(datamodule).__qualname__])
         trainer.fit(module, datamodule, ckpt_path=checkpoint)
 
 

@@ -1,4 +1,5 @@
 import logging
+from functools import partial
 
 import lightning as L
 import numpy as np
@@ -16,6 +17,9 @@ from deep_clustering.data import (
     load_npz,
 )
 from deep_clustering.errors import InputError
+from deep_clustering.models import ConvAutoencoder
+from deep_clustering.pipeline import fit
+from deep_clustering.pretrain import AutoencoderModule
 from tests.conftest import shared_npz
 
 
@@ -371,3 +375,21 @@ def test_random_affine_is_repeatable_and_bounded():
         ys, xs = torch.nonzero(img[0] > 0.5, as_tuple=True)
         assert abs(ys.float().mean() - 9.5) <= 2.5 and abs(xs.float().mean() - 9.5) <= 2.5
     torch.testing.assert_close(random_affine(x, 0.0, 0.0, torch.Generator()), x)
+
+
+def test_a_run_resumed_on_images_of_another_size_is_refused_before_its_weights_load(tmp_path):
+    """Lightning restores the weights before the DataModule's state: until 2026-12-06 a run resumed on
+    images of another size ended in torch's size-mismatch traceback instead of the data set's line."""
+    rng = np.random.default_rng(0)
+    trainer = partial(L.Trainer, accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False)
+    trainer = partial(trainer, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+
+    def stage(size: int) -> tuple[AutoencoderModule, ImageDataModule]:
+        autoencoder = ConvAutoencoder(1, (size, size), latent_dim=2, channels=(4, 4, 4))
+        data = from_arrays(rng.random((50, size, size)), None, "x")
+        return AutoencoderModule(autoencoder, partial(torch.optim.Adam, lr=1e-3)), ImageDataModule(data, 10, seed=4)
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        trainer(callbacks=[StopAt12(tmp_path / "last.ckpt")]).fit(*stage(8))
+    with pytest.raises(InputError, match=r"resume: the data set changed since the run started \(other files"):
+        fit(trainer(), *stage(12), tmp_path)
