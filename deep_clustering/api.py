@@ -105,12 +105,18 @@ class DeepClustering(BaseEstimator):
     @classmethod
     def load(cls, path: str, device: str = "auto") -> "DeepClustering":
         """A trained model from a finished run's folder or its refinement checkpoint."""
-        self = cls(device=device)
-        self.model_ = pipeline.load_trained(path)
+        self, given = cls(device=device), f"DeepClustering.load({str(path)!r})"
+        self.model_ = pipeline.load_trained(path, given)
         self.n_clusters = self.model_.hparams.n_clusters
         folder = Path(path).expanduser()
         if (folder / runs.FINISHED).is_file():  # a run's folder: as a fit leaves them (not labels_: no data here)
-            self.run_dir_, self.metrics_ = folder, json.loads((folder / runs.FINISHED).read_text())
+            try:
+                self.run_dir_, self.metrics_ = folder, json.loads((folder / runs.FINISHED).read_text())
+            except ValueError as e:
+                raise InputError(
+                    f"{given}: {folder / runs.FINISHED} is damaged ({e}); load "
+                    f"{folder / 'checkpoints' / 'refine' / 'last.ckpt'} for the model alone"
+                ) from None
         return self
 
     def _forward(self, X) -> tuple[np.ndarray, np.ndarray]:

@@ -323,16 +323,18 @@ def _flat(cfg: DictConfig) -> dict:
     return out
 
 
-def load_trained(path: str | Path) -> DECModule:
-    """The clustering model of a finished run: its folder, or a refinement checkpoint."""
-    file = runs.trained_checkpoint(path)
+def load_trained(path: str | Path, given: str | None = None) -> DECModule:
+    """The clustering model of a finished run: its folder, or a refinement checkpoint; `given`: how the
+    user gave `path`, for the errors (`checkpoint=PATH` unless said)."""
+    file = runs.trained_checkpoint(path, given)
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
         hparams, weights = dict(checkpoint["hyper_parameters"]), checkpoint["state_dict"]
         model_cfg, shape = hparams.pop("model"), hparams.pop("input_shape")
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"
-        raise InputError(f"checkpoint={file}: not a refinement checkpoint of this trainer ({reason})") from None
+        given = f"{given}: {file}" if given else f"checkpoint={file}"
+        raise InputError(f"{given}: not a refinement checkpoint of this trainer ({reason})") from None
     if "weights" in model_cfg:
         model_cfg["weights"] = None  # the checkpoint holds them; nothing to download
     net = instantiate(model_cfg, in_channels=shape[0], image_size=tuple(shape[1:]), _convert_="all")

@@ -233,24 +233,29 @@ def latest_checkpoint(folder: Path) -> str | None:
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 
-def trained_checkpoint(path: str | Path) -> Path:
+def trained_checkpoint(path: str | Path, given: str | None = None) -> Path:
     """The refinement checkpoint of `checkpoint=` / `DeepClustering.load`: a finished run's folder, or
-    the checkpoint file itself (an unfinished run's model as last saved)."""
+    the checkpoint file itself (an unfinished run's model as last saved). `given`: how the user gave
+    `path`, for the errors (`checkpoint=PATH` unless said)."""
+    given = given or f"checkpoint={path}"
     file = Path(path).expanduser()
     if file.is_dir():
-        if not (file / FINISHED).is_file() and (file / "checkpoints" / "refine" / "last.ckpt").is_file():
+        model = file / "checkpoints" / "refine" / "last.ckpt"
+        if not (file / FINISHED).is_file() and model.is_file():
             again = (  # a command-line run has its Hydra config; a DeepClustering.fit's has not
                 f"python train.py {override('resume', path)}"
                 if (file / CONFIG).is_file()
                 else f"DeepClustering(..., run_dir={str(path)!r}).fit(X) on the same X"
             )
             raise InputError(
-                f"checkpoint={path}: that run has not finished (no {FINISHED}): continue it with "
+                f"{given}: that run has not finished (no {FINISHED}): continue it with "
                 f"{again}, or give its checkpoints/refine/last.ckpt for the model as last saved"
             )
-        file = file / "checkpoints" / "refine" / "last.ckpt"
+        if (file / FINISHED).is_file() and not model.is_file():
+            raise InputError(f"{given}: a finished run's folder without its model ({model} is missing)")
+        file = model
     if not file.is_file():
-        raise InputError(f"checkpoint={path}: neither a finished run's folder nor a refinement checkpoint")
+        raise InputError(f"{given}: neither a finished run's folder nor a refinement checkpoint")
     return file
 
 

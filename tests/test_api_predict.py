@@ -54,6 +54,29 @@ def test_estimator_fit_predict_transform_load(digits, tmp_path):
         again.predict(np.zeros((3, 16, 16)))
 
 
+def test_load_names_what_is_wrong_with_a_run_folder(pretrained_digits, tmp_path):
+    # until 2026-12-06 a cut-short metrics.json was a JSONDecodeError traceback, and a finished run
+    # without its model was "neither a finished run's folder ..." under the command line's checkpoint=
+    cut, no_model = tmp_path / "cut", tmp_path / "no_model"
+    for run in (cut, no_model):
+        shutil.copytree(pretrained_digits, run, ignore=shutil.ignore_patterns("tensorboard"))
+    (cut / "metrics.json").write_text((cut / "metrics.json").read_text()[:50])
+    (no_model / "checkpoints" / "refine" / "last.ckpt").unlink()
+    for run, message in [
+        (cut, f"{cut / 'metrics.json'} is damaged (Expecting"),
+        (
+            no_model,
+            f"a finished run's folder without its model ({no_model / 'checkpoints/refine/last.ckpt'} is missing)",
+        ),
+        (tmp_path, "neither a finished run's folder nor a refinement checkpoint"),
+    ]:
+        with pytest.raises(InputError) as err:
+            DeepClustering.load(str(run))
+        assert str(err.value).startswith(f"DeepClustering.load({str(run)!r}): {message}"), str(err.value)
+    model = DeepClustering.load(str(cut / "checkpoints" / "refine" / "last.ckpt"))  # as the error says
+    assert model.predict(np.zeros((2, 8, 8))).shape == (2,)
+
+
 def test_unfitted_estimator_says_so():
     with pytest.raises(InputError, match="not fitted"):
         DeepClustering().predict(np.zeros((2, 8, 8)))
