@@ -88,8 +88,9 @@ def save_autoencoder(
     atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
-def load_autoencoder(path: str, autoencoder: nn.Module) -> None:
-    """Load weights saved by `save_autoencoder` (or a run folder holding them) into `autoencoder`."""
+def load_autoencoder(path: str, autoencoder: nn.Module, resumed: bool = False) -> None:
+    """Load weights saved by `save_autoencoder` (or a run folder holding them) into `autoencoder`;
+    `resumed`: the run's own, which `resume=` continues from, rather than `pretrained=`'s."""
     file = Path(path).expanduser()
     if file.is_dir():
         file = file / "autoencoder.pt"
@@ -104,9 +105,13 @@ def load_autoencoder(path: str, autoencoder: nn.Module) -> None:
         if "pytorch-lightning_version" in state:  # a checkpoint: its weights are named for another module
             raise ValueError("a Lightning checkpoint: give the run's folder or its autoencoder.pt")
     except Exception as e:
-        raise InputError(
-            f"pretrained={file}: not an autoencoder saved by this trainer ({type(e).__name__}: {e})"
-        ) from None
+        reason = f"{type(e).__name__}: {e}"
+        if resumed:
+            raise InputError(
+                f"resume: {file} is damaged ({reason}): delete it, and resume again to save it anew from "
+                "the pretraining's last checkpoint"
+            ) from None
+        raise InputError(f"pretrained={file}: not an autoencoder saved by this trainer ({reason})") from None
     own = autoencoder.state_dict()
     wrong = [
         f"{k} is {list(v.shape)} in the file but {list(own[k].shape)} here"
@@ -116,5 +121,10 @@ def load_autoencoder(path: str, autoencoder: nn.Module) -> None:
     missing = sorted(set(own) ^ set(weights))
     if wrong or missing:
         detail = "; ".join(wrong + ([f"parameters that only one side has: {', '.join(missing)}"] if missing else []))
+        if resumed:  # the model is the run's own config: the images are what changed
+            raise InputError(
+                f"resume: the data set changed since the run started (the images no longer fit {file}: {detail}); "
+                "resume it on the data it started with, or start a new run"
+            )
         raise InputError(f"pretrained={file}: its shapes do not fit this model and data ({detail})")
     autoencoder.load_state_dict(weights)

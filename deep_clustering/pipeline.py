@@ -76,7 +76,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     if autoencoder.decoder is None:
         log.info("stage 1/4: %s has no decoder: nothing to pretrain, DEC's loss alone", cfg.model._target_)
     elif pretrained:
-        load_autoencoder(str(pretrained), autoencoder)
+        load_autoencoder(str(pretrained), autoencoder, resumed=not cfg.pretrained)
         log.info("stage 1/4: loaded the pretrained autoencoder %s", pretrained)
     else:
         log.info("stage 1/4: pretraining the autoencoder for %d epochs", cfg.pretrain.epochs)

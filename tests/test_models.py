@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from deep_clustering.errors import InputError
+from deep_clustering.export import load_autoencoder, save_autoencoder
 from deep_clustering.models import ClusteringLayer, Conv2d, ConvAutoencoder, ConvTranspose2d, MLPAutoencoder
 
 
@@ -112,3 +114,14 @@ def test_an_autoencoder_trains_the_same_unrolled_or_not():
             adam.step()
     for p, p_ref in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(p, p_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_resumed_runs_autoencoder_that_no_longer_fits_means_the_data_changed(tmp_path):
+    # the run's own autoencoder.pt, met on resume= by images of another size: until 2026-12-06 it was
+    # named as pretrained='s ("its shapes do not fit"), a setting the user never gave
+    save_autoencoder(tmp_path / "autoencoder.pt", ConvAutoencoder(1, (8, 8), channels=(4, 4, 4)), {}, 1, (8, 8))
+    other = ConvAutoencoder(1, (12, 12), channels=(4, 4, 4))
+    with pytest.raises(InputError, match=r"^pretrained=.*: its shapes do not fit this model and data \(encoder\.7"):
+        load_autoencoder(str(tmp_path), other)
+    with pytest.raises(InputError, match=r"^resume: the data set changed since the run started \(the images no longer"):
+        load_autoencoder(str(tmp_path), other, resumed=True)

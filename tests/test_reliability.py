@@ -404,16 +404,20 @@ def test_bad_resume_is_refused(pretrained_digits, tmp_path, setup, overrides, me
     assert (sorted(p.name for p in run.iterdir()) if run.exists() else None) == before  # nothing written
 
 
-@pytest.mark.parametrize("damage", ["config", "checkpoint"])
+@pytest.mark.parametrize("damage", ["config", "checkpoint", "autoencoder"])
 def test_a_damaged_run_is_named_in_one_line(pretrained_digits, tmp_path, damage):
-    # until 2026-12-06 a cut-short checkpoint or config ended in a traceback that named neither file
+    # until 2026-12-06 a cut-short checkpoint or config ended in a traceback that named neither file,
+    # and the run's own autoencoder.pt was named as pretrained='s
     run = tmp_path / "run é 1"  # a space and an accent: Hydra's grammar takes it quoted
     shutil.copytree(pretrained_digits, run, ignore=shutil.ignore_patterns("metrics.json", "tensorboard"))
-    damaged = run / (".hydra/config.yaml" if damage == "config" else "checkpoints/refine/last.ckpt")
+    damaged = run / {"config": ".hydra/config.yaml", "checkpoint": "checkpoints/refine/last.ckpt"}.get(
+        damage, "autoencoder.pt"
+    )
     damaged.write_bytes(damaged.read_bytes()[:100])
     message = {
         "config": f"error: resume={run}: {damaged} lacks ",
         "checkpoint": f"error: resume: {damaged} is damaged (not a whole checkpoint): delete it, and resume again",
+        "autoencoder": f"error: resume: {damaged} is damaged (RuntimeError: ",
     }[damage]
     cmd = [sys.executable, str(ROOT / "train.py"), f"resume='{run}'"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
