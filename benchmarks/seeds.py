@@ -54,8 +54,12 @@ def main() -> None:
         "command": " ".join(["python", "train.py", "-m", f"seed={seeds}", *args.overrides]),
         "device": runs[0]["device"]
         if runs[0]["device"] != "cpu"
-        else f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        else f"cpu: {cpu_name()}, {torch.get_num_threads()} threads",
         "date": datetime.date.today().isoformat(),
+        # the last digits depend on the CPU's vector unit (AVX-512 or AVX2) and on the code
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
         "n_samples": runs[0]["n_samples"],
         "seeds": list(seed_list),
         "refine_iterations": [r["refine_iterations"] for r in runs],  # fewer where tol stopped a run early
@@ -75,6 +79,18 @@ def main() -> None:
     spread = f"{acc['mean']:.4f} +- {acc['std']:.4f} [{acc['min']:.4f}, {acc['max']:.4f}]"
     print(f"{args.name}: ACC {spread} over seeds {seed_list.start}-{seed_list.stop - 1}")
     print(f"wrote {out}")
+
+
+def cpu_name() -> str:
+    """The CPU's model and its widest vector unit (Linux's /proc/cpuinfo), else what Python knows."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model or platform.machine()}, {vector}"
 
 
 if __name__ == "__main__":
