@@ -71,6 +71,7 @@ def is_whole(v: Any) -> bool:
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_clusters": (lambda v: v >= 2, "at least 2"),
+    "seed": (lambda v: 0 <= v < 2**32, "between 0 and 4294967295 (numpy's seeds)"),
     "baselines": (lambda v: all(name in BASELINES for name in v), f"a list of {', '.join(BASELINES)}"),
     "data.image_size": (
         lambda v: len(v) == 2 and all(is_whole(s) and s >= 1 for s in v),

@@ -60,6 +60,11 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     seconds = {"startup": time.perf_counter() - started}
     skip_missing_nvml()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    for stage in ("pretrain", "refine"):  # torch checks an optimizer's settings as it makes one: now, not after pretraining
+        try:
+            instantiate(cfg[stage].optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise InputError(f"{stage}.optimizer: {e}") from None
     if cfg.n_clusters > len(data):
         images = f"{len(data)} image{'s' if len(data) > 1 else ''}"
         raise InputError(f"n_clusters={cfg.n_clusters} is more than the {images} of the data set")

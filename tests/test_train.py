@@ -97,6 +97,10 @@ def test_default_digits_run_reaches_its_accuracy(tmp_path):
             "(ValueError: a Lightning checkpoint: give the run's folder or its autoencoder.pt)",
         ),
         (["n_clusters=1800"], "error: n_clusters=1800 is more than the 1797 images"),
+        (  # torch checks it as it makes the optimizer: until 2026-12-06 a traceback after pretraining and K-means
+            ["optimizer@refine.optimizer=sgd", "refine.optimizer.momentum=-1"],
+            "error: refine.optimizer: Invalid momentum value: -1",
+        ),
         pytest.param(
             ["trainer=gpu"],
             "error: trainer.accelerator=gpu trainer.devices=1: No supported gpu backend found!",
