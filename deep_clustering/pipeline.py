@@ -60,7 +60,8 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     seconds = {"startup": time.perf_counter() - started}
     skip_missing_nvml()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    for stage in ("pretrain", "refine"):  # torch checks an optimizer's settings as it makes one: now, not after pretraining
+    # torch checks an optimizer's settings as it makes one: make each now, not after pretraining
+    for stage in ("pretrain", "refine"):
         try:
             instantiate(cfg[stage].optimizer)([torch.nn.Parameter(torch.zeros(1))])
         except (ValueError, TypeError, RuntimeError) as e:
