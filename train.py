@@ -38,6 +38,7 @@ def main(cfg: DictConfig) -> float:
     START = None  # each later job of a multirun starts its clock when it starts
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     runs.back_to_launch_dir()
+    runs.say_when_stopped(run_dir)
     try:
         choices = dict(HydraConfig.get().runtime.choices)
         if cfg.resume:

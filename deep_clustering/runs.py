@@ -4,7 +4,9 @@ run left in it to resume from."""
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -269,6 +271,39 @@ def log_to_file(
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+class StoppedBySigterm:
+    """SIGTERM's handler outside Lightning's training loop (the data, the embedding pass and the
+    baselines, the K-means or t-SNE initialisation in on_fit_start, which comes before Lightning sets
+    its handlers, the evaluation), where a cancelled or pre-empted job ended without a word (until
+    2026-12-06): the run says, on the console and in train.log, that SIGTERM stopped it and how to
+    continue it, then ends as SIGTERM's default does, at once, unwinding nothing (under DDP no
+    process waits in a collective for one that ended). Inside the loop Lightning's handler, which
+    calls this one too, and then LastCheckpoint's stop the run after a step, saved there."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if signal.getsignal(signal.SIGTERM) is not self:  # called by Lightning's handler: it took note
+            return
+        message = f"stopped by SIGTERM; continue with: python train.py {override('resume', self.run_dir)}"
+        log_to_file(logging.getLogger("deep_clustering"), message, logging.WARNING)
+        print(message, file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def say_when_stopped(run_dir: Path) -> None:
+    """SIGTERM, where its handler is the default one (or this run's for an earlier job of a sweep),
+    ends the run in `run_dir` saying so (StoppedBySigterm); the first process of a DDP run says it."""
+    if started_for_another_rank() or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or isinstance(
+        signal.getsignal(signal.SIGTERM), StoppedBySigterm
+    ):
+        signal.signal(signal.SIGTERM, StoppedBySigterm(run_dir))
 
 
 def back_to_launch_dir() -> None:

@@ -221,6 +221,24 @@ def ended(procs: list[subprocess.Popen], timeout: float = 120) -> list[str]:
         raise AssertionError(f"the processes did not stop within {timeout} s") from None
 
 
+def test_sigterm_outside_the_training_steps_says_how_to_continue(pretrained_digits, tmp_path):
+    """SIGTERM in the t-SNE and K-means initialisation (on_fit_start, which Lightning runs before it
+    sets its signal handlers) ends the run at once, as SIGTERM's default does, now saying so on the
+    console and in train.log with the command that continues it (until 2026-12-06 without a word)."""
+    run = tmp_path / "run"
+    proc = start(run, f"pretrained={pretrained_digits}", process_group=0)
+    wait_for(in_log(run, "stage 2-3/4: K-means on a t-SNE map of the codes"), proc)
+    time.sleep(0.3)  # into the t-SNE map (some 3 s)
+    os.killpg(proc.pid, signal.SIGTERM)
+    said = ended([proc])[0].strip().splitlines()[-1]
+    assert (
+        proc.returncode == -signal.SIGTERM
+        and said == f"stopped by SIGTERM; continue with: python train.py resume={run}"
+    )
+    assert (run / "train.log").read_text().strip().endswith(said)
+    assert not (run / "checkpoints" / "refine").exists()  # before any refinement step
+
+
 def test_a_ddp_run_stopped_by_signals_resumes_to_the_uninterrupted_run(tmp_path):
     """Two processes (`trainer=ddp trainer.devices=2`), each signal sent to both, as SLURM and torchrun
     send it, each process at its own point of a step; each time the run resumes to the uninterrupted
