@@ -218,3 +218,17 @@ class LastCheckpoint(Checkpoint):
         # under DDP the other processes need not be at a save (its collectives), so none
         if isinstance(exception, SIGTERMException) and trainer.world_size == 1:
             self.save(trainer)
+
+
+class LearningRate(L.Callback):
+    """The optimizer's learning rate as `STAGE/lr` in TensorBoard, at the start of each epoch: one curve
+    per stage, each counting its own steps from 0 (Lightning's LearningRateMonitor put both stages'
+    under one `lr-Adam`, whose steps went back to 0 where refinement began, and logged some steps
+    twice, until 2026-12-06)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        trainer.logger.log_metrics({f"{self.stage}/lr": float(lr)}, step=trainer.global_step)

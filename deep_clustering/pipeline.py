@@ -19,7 +19,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from deep_clustering import graphs, runs
 from deep_clustering.baselines import run_baselines
-from deep_clustering.callbacks import AtomicCheckpointIO, FiniteLoss, LastCheckpoint
+from deep_clustering.callbacks import AtomicCheckpointIO, FiniteLoss, LastCheckpoint, LearningRate
 from deep_clustering.data import DiskImages, ImageDataModule, ImageSet
 from deep_clustering.distributed import embed_all
 from deep_clustering.errors import InputError
@@ -273,7 +273,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoard
     callbacks = [
         FiniteLoss(stage),  # before LastCheckpoint (Lightning calls it last): a save sees its step's loss checked
         LastCheckpoint(**every, min_interval_s=cfg.checkpoint.min_interval_s),
-        *([LearningRateMonitor()] if logger else []),
+        *([LearningRate(stage)] if logger else []),
         # a redraw is host time in the step (its values are host numbers): every 10 steps rather than every step
         *([TQDMProgressBar(refresh_rate=10)] if bar else []),
     ]

@@ -61,8 +61,12 @@ def test_quick_run_leaves_everything_in_its_folder(tmp_path):
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     expected = {"pretrain/recon", "refine/kl", "refine/recon", "refine/delta_label", "val/acc", "val/nmi", "val/ari"}
-    expected |= {"lr-Adam", "refine/largest_cluster"}
+    expected |= {"pretrain/lr", "refine/lr", "refine/largest_cluster"}
     assert expected <= scalars, expected - scalars
+    # a curve per stage, each step once (until 2026-12-06 both stages' under lr-Adam, from step 0 again
+    # where refinement began, with steps twice at epoch ends)
+    for tag, steps in [("pretrain/lr", list(range(0, 290, 29))), ("refine/lr", [0, 29])]:
+        assert [(e.step, e.value) for e in events.Scalars(tag)] == [(s, pytest.approx(1e-3)) for s in steps]
     assert "refine/cluster_sizes" in events.Tags()["histograms"]
     images = {"refine/most_confident", "final/confusion", "final/latent_pca", "final/latent_tsne"}
     assert images <= set(events.Tags()["images"])
