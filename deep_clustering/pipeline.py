@@ -113,6 +113,11 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], graphed, codes, list(data.pixel_range))
     datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **(cfg.augment if cfg.refine.augment else {}))
     fit(trainer, dec, datamodule, run_dir / "checkpoints" / "refine")
+    if dec.converged:
+        why = f"fewer labels than refine.tol={cfg.refine.tol} changed ({float(dec.delta_label):.4f})"
+    else:
+        why = f"refine.max_iters={cfg.refine.max_iters} reached"
+    log.info("refinement stopped at step %d: %s", trainer.global_step, why)
     seconds["kmeans"] = float(dec.kmeans_seconds)
     seconds["refine"] = time.perf_counter() - start - seconds["kmeans"]
 

@@ -1,5 +1,6 @@
 """Stage 1: the autoencoder learns to reconstruct the images."""
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,8 @@ from torch import Tensor, nn
 
 from deep_clustering import graphs
 from deep_clustering.running import RunningMean
+
+log = logging.getLogger("deep_clustering")
 
 
 class AutoencoderModule(L.LightningModule):
@@ -50,6 +53,8 @@ class AutoencoderModule(L.LightningModule):
         # LastCheckpoint flushes the loggers before it saves. The step and epoch are Lightning's own.
         for logger in self.loggers:
             logger.log_metrics({"pretrain/recon": mean, "epoch": self.current_epoch}, self.global_step - 1)
+        if self.trainer.is_global_zero:
+            log.info("pretrain epoch %d/%d: recon %.5f", self.current_epoch + 1, self.trainer.max_epochs, mean)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint saved mid-epoch (SIGTERM) carries the epoch's sum so far; one saved at an

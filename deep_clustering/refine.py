@@ -250,6 +250,9 @@ class DECModule(L.LightningModule):
         targets = self.trainer.datamodule.data.labels
         if targets is not None:
             metrics.update({f"val/{k}": v for k, v in external_metrics(labels, targets).items()})
+        if self.trainer.is_global_zero:  # train.log's line for this refresh: TensorBoard's scalars, in short
+            said = ", ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in metrics.items())
+            log.info("refine step %d: P refreshed (%d): %s", self.global_step, int(self.n_refresh), said)
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_step)
             if self.trainer.is_global_zero and isinstance(self.logger, TensorBoardLogger):

@@ -37,6 +37,9 @@ def test_quick_run_leaves_everything_in_its_folder(tmp_path):
     assert said.count("`Trainer.fit` stopped: `max_steps=40` reached.") == 1, said[-3000:]
     log = (run_dir / "train.log").read_text()  # what ran and how it ended, as the console said
     assert "stage 2-3/4: K-means on the codes (20 restarts)" in log
+    # the epochs, the refreshes of P and why refinement stopped (until 2026-12-06 none of them)
+    assert "pretrain epoch 10/10: recon 0.0" in log and "refine step 30: P refreshed (4): largest_cluster" in log
+    assert "refinement stopped at step 40: refine.max_iters=40 reached" in log
     assert log.strip().splitlines()[-1].endswith(f"finished: {proc.stdout.strip().splitlines()[-1]}")
     m = read_metrics(run_dir)
     assert m["n_samples"] == 1797 and m["n_clusters"] == 10 and m["device"] == "cpu"
@@ -86,6 +89,8 @@ def test_default_digits_run_reaches_its_accuracy(tmp_path):
     m = read_metrics(tmp_path / "run")
     assert m["acc"] >= 0.85, m
     assert m["stopped_by"] == "tol"
+    stop = f"refinement stopped at step {m['refine_iterations']}: fewer labels than refine.tol=0.001 changed (0.000"
+    assert stop in (tmp_path / "run" / "train.log").read_text()
 
 
 @pytest.mark.parametrize(
