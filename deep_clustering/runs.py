@@ -106,7 +106,15 @@ def check_resume(args: list[str]) -> None:
     if resume is None or started_for_another_rank():
         return
     folder = Path(resume).expanduser()
+    if any(a in ("-m", "--multirun") for a in args):
+        raise InputError(f"resume={folder} continues one run: leave out -m (a sweep's jobs continue one by one)")
     if not (folder / CONFIG).is_file():
+        jobs = sorted(p.parent.parent.name for p in folder.glob(f"*/{CONFIG}"))
+        if jobs:
+            raise InputError(
+                f"resume={folder}: a sweep's folder; continue each of its unfinished jobs, "
+                f"{override('resume', folder / jobs[0])} and so on (jobs: {', '.join(jobs)})"
+            )
         raise InputError(f"resume={folder}: not a run folder (it has no {CONFIG})")
     if (folder / FINISHED).is_file():
         raise InputError(f"resume={folder}: that run already finished ({folder / FINISHED} exists)")

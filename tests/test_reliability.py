@@ -408,13 +408,17 @@ def test_nan_loss_stops_at_that_step_naming_the_stage(tmp_path):
         ("nothing", [], "resume={run}: not a run folder"),
         ("finished", [], "resume={run}: that run already finished"),
         ("interrupted", ["seed=5"], "resume={run} continues with the run's own config"),
+        # until 2026-12-06: "leave out hydra.run.dir=...", a setting never given, and a new sweep folder
+        ("interrupted", ["-m"], "resume={run} continues one run: leave out -m"),
+        ("sweep", [], "resume={run}: a sweep's folder; continue each of its unfinished jobs, resume={run}/0 and so on"),
     ],
 )
 def test_bad_resume_is_refused(pretrained_digits, tmp_path, setup, overrides, message):
-    run = {"nothing": tmp_path / "nothing", "finished": pretrained_digits, "interrupted": tmp_path / "cut"}[setup]
-    if setup == "interrupted":
-        (run / ".hydra").mkdir(parents=True)
-        (run / ".hydra" / "config.yaml").write_text((pretrained_digits / ".hydra" / "config.yaml").read_text())
+    run = {"nothing": tmp_path / "nothing", "finished": pretrained_digits}.get(setup, tmp_path / "cut")
+    config = run / ("0" if setup == "sweep" else "") / ".hydra" / "config.yaml"
+    if setup in ("interrupted", "sweep"):
+        config.parent.mkdir(parents=True)
+        config.write_text((pretrained_digits / ".hydra" / "config.yaml").read_text())
     before = sorted(p.name for p in run.iterdir()) if run.exists() else None
     proc = run_train(None, f"resume={run}", *overrides, check=False)
     assert proc.returncode != 0
