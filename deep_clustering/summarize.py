@@ -61,7 +61,7 @@ def summarize(rows: list[dict], metric: str, over: tuple[str, ...] = ("seed",)) 
             if values:
                 entry[m] = {
                     "mean": statistics.fmean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "std": statistics.stdev(values) if len(values) > 1 else None,  # none for one run
                     "min": min(values),
                     "max": max(values),
                 }
@@ -86,7 +86,10 @@ def to_markdown(table: list[dict], metric: str) -> str:
         cells = [str(e["settings"].get(k, "")) for k in keys] + [str(e["n"])]
         for m in shown:
             s = e.get(m)
-            cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.4f}, {s['max']:.4f}]" if s else "")
+            if s and s["std"] is None:  # one run: its value
+                cells.append(f"{s['mean']:.4f}")
+            else:
+                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.4f}, {s['max']:.4f}]" if s else "")
         lines.append("| " + " | ".join(cells) + " |")
     order = "lowest" if metric in LOWER_IS_BETTER else "highest"
     shared = " ".join(f"{k}={v}" for k, v in common.items())
@@ -103,7 +106,9 @@ def write(table: list[dict], metric: str, sweep_dir: Path) -> None:
         out.writerow([*keys, "runs", *stats])
         for e in table:
             cells = [e["settings"].get(k, "") for k in keys] + [e["n"]]
-            cells += [e[m][s] if m in e else "" for m in shown for s in ("mean", "std", "min", "max")]
+            cells += [
+                e[m][s] if m in e and e[m][s] is not None else "" for m in shown for s in ("mean", "std", "min", "max")
+            ]
             out.writerow(cells)
     (sweep_dir / "summary.md").write_text(to_markdown(table, metric))
 
@@ -133,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     print(to_markdown(table, metric))
     best = table[0]
     keys, _ = varying(table)
-    setting = " ".join(f"{k}={best['settings'].get(k)}" for k in keys) or "(no settings varied)"
+    # the keys the best group sets (a folder of several sweeps: keys that only others set are not its)
+    setting = " ".join(f"{k}={best['settings'][k]}" for k in keys if k in best["settings"]) or "(no settings varied)"
     found = best.get("n_clusters_found")  # a K sweep's best K may have left clusters empty
     occupied = ""
     if found:  # the fewest to the most over the group's runs

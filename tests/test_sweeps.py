@@ -84,6 +84,17 @@ def test_summary_averages_over_seed_and_the_keys_over_names(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["runs"] == "4" and float(rows[0]["acc_mean"]) == pytest.approx(0.65)
     capsys.readouterr()
+    # a group of one run has no spread (until 2026-12-06 "± 0.0000"); a job of another sweep in the
+    # same folder that sets a key no other sets is no key=None on the best line
+    (tmp_path / "4" / ".hydra").mkdir(parents=True)
+    (tmp_path / "4" / ".hydra" / "overrides.yaml").write_text("- seed=0\n- n_clusters=5\n")
+    (tmp_path / "4" / "metrics.json").write_text(json.dumps({"acc": 0.9, "seconds": {"total": 1.0}}))
+    summarize([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| 5 |  | 1 | 0.9000 | 1.0000 |" in out and "None" not in out, out
+    assert out.splitlines()[-2].startswith("best: n_clusters=5  acc 0.9000 over 1 run(s)"), out
+    with open(tmp_path / "summary.csv") as f:
+        assert next(r for r in csv.DictReader(f) if r["n_clusters"] == "5")["acc_std"] == ""
 
 
 def test_k_sweep_finds_the_true_number_of_clusters(tmp_path, capsys):
