@@ -114,7 +114,10 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **(cfg.augment if cfg.refine.augment else {}))
     fit(trainer, dec, datamodule, run_dir / "checkpoints" / "refine")
     if dec.converged:
-        why = f"fewer labels than refine.tol={cfg.refine.tol} changed ({float(dec.delta_label):.4f})"
+        changed = round(float(dec.delta_label) * len(data))
+        why = (
+            f"{changed} of {len(data)} labels changed at the last refresh of P, fewer than refine.tol={cfg.refine.tol}"
+        )
     else:
         why = f"refine.max_iters={cfg.refine.max_iters} reached"
     log.info("refinement stopped at step %d: %s", trainer.global_step, why)
