@@ -488,11 +488,10 @@ class ShardedBatches(Sampler):
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
-        shuffle: bool = True,
         device: torch.device | str = "cpu",
     ) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world, self.shuffle = rank, world, shuffle
+        self.rank, self.world = rank, world
         self.device = torch.device(device)
         self.epoch = 0
         self.skip = 0  # batches to leave out of the next epoch: those a resumed run already trained on
@@ -504,10 +503,7 @@ class ShardedBatches(Sampler):
         return math.ceil(math.ceil(self.n / self.world) / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(self.n)
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         total = math.ceil(self.n / self.world) * self.world
         order = torch.cat([order, order[: total - self.n]])[self.rank :: self.world]
         skip, self.skip = self.skip, 0

@@ -78,7 +78,9 @@ def write_predictions(
 def save_autoencoder(
     path: Path, autoencoder: nn.Module, model_cfg: dict[str, Any], in_channels: int, image_size: tuple[int, int]
 ) -> None:
-    """The pretrained weights with what it takes to rebuild the network, for `pretrained=PATH`."""
+    """The pretrained weights, for `pretrained=PATH`, which loads them into the network its run's
+    config builds (a mismatch is named by shape); the model config and the input it was trained on
+    go with them, a record for whoever opens the file."""
     state = {
         "state_dict": autoencoder.state_dict(),
         "model": model_cfg,

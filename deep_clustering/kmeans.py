@@ -150,7 +150,8 @@ class KMeansInit:
         manifold_samples: t-SNE maps at most this many codes, a random subset (its cost grows
             faster than the number of points: minutes for 70,000 on a CPU); the centres are then
             the mean codes of each cluster of the subset.
-        tsne_iters, tsne_lr_scale, tsne_angle: t-SNE's iterations, step size and Barnes-Hut angle (`tsne_map`).
+        tsne_iters, tsne_lr_scale, tsne_angle: t-SNE's iterations, step size and Barnes-Hut angle
+            (`tsne_map`); the defaults are scikit-learn's, configs/train.yaml sets the trainer's own.
     """
 
     def __init__(

@@ -1,4 +1,5 @@
-"""Every network of the project: the two autoencoders and the clustering layer. No training code."""
+"""Every network of the project: the two autoencoders, the ImageNet backbones and the clustering layer. No
+training code."""
 
 import math
 

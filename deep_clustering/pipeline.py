@@ -206,7 +206,7 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModu
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         # Lightning 2.6 calls a pytree API that torch 2.14 deprecates: its own internals
         warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated")
-        # only the learning-rate curve is logged per step: an epoch shorter than the interval loses nothing
+        # nothing is logged per step (losses per epoch or refresh of P): an epoch below the interval loses nothing
         warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
         checkpoint = runs.latest_checkpoint(checkpoints)
         if checkpoint is not None:

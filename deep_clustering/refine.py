@@ -83,7 +83,8 @@ class DECModule(L.LightningModule):
         baselines'): the initializer clusters them rather than embedding the data again.
         `first_target`: the target of the first `update_interval` steps: 'q' (DEC: P from Q of the
         initial centres) or 'labels' (the initializer's own partition, one-hot, which Q's distances
-        to the centres need not reproduce: a Gaussian mixture's, a t-SNE map's)."""
+        to the centres need not reproduce: a Gaussian mixture's, a t-SNE map's). The defaults of
+        `gamma`, `update_interval` and `tol` are DCEC's; configs/train.yaml sets the trainer's own."""
         if first_target not in FIRST_TARGETS:
             raise InputError(f"refine.first_target={first_target!r} must be {either(FIRST_TARGETS)}")
         super().__init__()
@@ -237,7 +238,7 @@ class DECModule(L.LightningModule):
         largest = max(sizes) / labels.numel()
         delta = float(self.delta_label)
         metrics = {"refine/largest_cluster": largest}
-        if not math.isnan(delta):  # from the second refresh on (it was 0 at the first: nothing was compared)
+        if not math.isnan(delta):  # from the second refresh on (NaN at the first: nothing to compare with)
             metrics["refine/delta_label"] = delta
             self.log("delta", torch.tensor(delta), prog_bar=True, logger=False)
         metrics.update(self._interval_means())

@@ -107,3 +107,17 @@ def test_silhouette_matches_scikit_learn(k):
     codes[10] = codes[11]  # coinciding points
     expected = sk.silhouette_score(codes.double().numpy(), pred.numpy())
     assert math.isclose(silhouette(codes, pred, chunk_size=64), expected, rel_tol=1e-5)
+
+
+def test_silhouette_of_a_subsample_is_scikit_learns_on_the_same_samples():
+    # above max_samples the silhouette is taken on a seeded subsample; the other two scores on all
+    gen = torch.Generator().manual_seed(0)
+    codes, pred = torch.randn(600, 3, generator=gen), torch.randint(0, 4, (600,), generator=gen)
+    m = internal_metrics(codes, pred, max_samples=150, seed=7)
+    sample = torch.randperm(600, generator=torch.Generator().manual_seed(7))[:150]
+    assert m["silhouette"] == pytest.approx(sk.silhouette_score(codes[sample], pred[sample]), abs=1e-5)
+    assert m["silhouette"] != pytest.approx(sk.silhouette_score(codes, pred), abs=1e-5)
+    assert m["davies_bouldin"] == pytest.approx(sk.davies_bouldin_score(codes, pred), rel=1e-5)
+    # a subsample inside one cluster has no silhouette; the scores over all samples stand
+    one = internal_metrics(codes, (torch.arange(600) == 599).long(), max_samples=3, seed=7)
+    assert math.isnan(one["silhouette"]) and not math.isnan(one["davies_bouldin"])
