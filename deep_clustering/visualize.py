@@ -155,6 +155,8 @@ def log_final(
         experiment.add_figure("final/confusion", confusion_figure(pred, labels, class_names), step)
     sample = torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))[:max_points]
     codes, few_pred, thumbs = codes[sample].float(), pred[sample], viewable(images[sample].float())
+    height, width = thumbs.shape[-2:]  # the projector's sprite sheet takes square thumbnails: pad the short side
+    thumbs = torch.nn.functional.pad(thumbs, (0, max(height, width) - width, 0, max(height, width) - height))
     if labels is None:
         experiment.add_embedding(codes, few_pred.tolist(), thumbs, step, tag="latent")
     else:

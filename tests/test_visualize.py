@@ -85,3 +85,11 @@ def test_a_umap_package_without_umap_learn_in_it_only_drops_that_map(tmp_path, m
     events.Reload()
     shown = {tag for tag in events.Tags()["images"] if tag.startswith("final/latent_")}
     assert shown == {"final/latent_pca", "final/latent_tsne"}
+
+
+def test_images_that_are_not_square_get_their_thumbnails(tmp_path):
+    # until 2026-12-06 16x12 images crashed the run at its end, in the projector's sprite, after all training
+    codes, labels = torch.randn(40, 4), torch.arange(40) % 2
+    with SummaryWriter(str(tmp_path)) as writer:
+        log_final(writer, torch.rand(40, 1, 16, 12), codes, labels, labels, 3)
+    assert (tmp_path / "00003" / "latent" / "sprite.png").exists()
