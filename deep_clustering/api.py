@@ -37,7 +37,8 @@ class DeepClustering(BaseEstimator):
         overrides: any other config value, in the command line's syntax (`model=fc`,
             `refine.gamma=0.5`, `trainer=gpu`, ...).
         seed: seeds the whole run.
-        run_dir: where the run's files go; None makes a new outputs/DATE/TIME folder. A folder
+        run_dir: where the run's files go (`~` expanded; `run_dir_` is it as an absolute path); None
+            makes a new outputs/DATE/TIME folder. A folder
             that holds a finished run is refused; one an interrupted fit left is continued from its
             checkpoints.
         device: where predict and transform run: 'auto' (a GPU when there is one), 'cpu', 'cuda', ...
@@ -64,8 +65,10 @@ class DeepClustering(BaseEstimator):
             cfg = compose("train", overrides=overrides)
             check_config(cfg, reference_config(full.hydra.runtime.choices))
         data = from_arrays(_numpy(X), None if y is None else _numpy(y), "X")
-        new = self.run_dir is None or not Path(self.run_dir).exists()  # made here: removed if nothing comes into it
-        run_dir = Path(self.run_dir or runs.new_folder("outputs"))
+        # made here (new_folder makes it): removed if nothing comes into it
+        new = self.run_dir is None or not Path(self.run_dir).expanduser().exists()
+        # absolute, ~ expanded: one folder for the pipeline and load(), wherever the process moves
+        run_dir = Path(self.run_dir or runs.new_folder("outputs")).expanduser().absolute()
         if (run_dir / runs.FINISHED).is_file():
             raise InputError(f"run_dir={run_dir} holds a finished run ({run_dir / runs.FINISHED}): choose a new folder")
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,19 @@ def test_a_refused_fit_leaves_no_run_folder(tmp_path, monkeypatch):
     assert list((tmp_path / "outputs").glob("*/*")) == []  # no empty outputs/DATE/TIME left behind
 
 
+def test_a_run_dir_under_home_is_one_folder(digits, tmp_path, monkeypatch):
+    # until 2026-12-06 run_dir="~/run" put the checkpoints in the home folder and metrics.json and the
+    # rest in a literal ./~/run; run_dir_ was relative, so load() missed it after a chdir
+    (tmp_path / "home").mkdir(), (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    quick = ["pretrain.epochs=1", "refine.max_iters=2", "init.manifold=none", "baselines=[]"]
+    model = DeepClustering(overrides=quick, run_dir="~/run").fit(digits[0][:200])
+    run = tmp_path / "home" / "run"
+    assert model.run_dir_ == run and list((tmp_path / "cwd").iterdir()) == []
+    assert {"metrics.json", "predictions.csv", "autoencoder.pt", "checkpoints"} <= {p.name for p in run.iterdir()}
+
+
 def predict_cli(*overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "deep_clustering.predict", *overrides]
