@@ -527,6 +527,17 @@ def random_affine(x: Tensor, shift: float, rotation: float, gen: torch.Generator
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def check_same_data(state: dict, data: ImageSet) -> None:
+    """A resumed run's data must be the data its checkpoint was trained on (`state`: the
+    ImageDataModule's state in the checkpoint)."""
+    if state["fingerprint"] != data.fingerprint:
+        size = f"{len(data)} images now, {state['images']} then" if state["images"] != len(data) else ""
+        raise InputError(
+            f"resume: the data set changed since the run started ({size or 'other files, labels or pixels'}); "
+            "resume it on the data it started with, or start a new run"
+        )
+
+
 class ImageDataModule(L.LightningDataModule):
     """Hands out batches as (images, sample indices), the images indexed out of one device tensor
     (or read from a DiskImages file by DataLoader workers), randomly shifted and rotated when
@@ -577,13 +588,7 @@ class ImageDataModule(L.LightningDataModule):
         return {"images": len(self.data), "fingerprint": self.data.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
-        """A resumed run's data must be the data its checkpoint was trained on."""
-        if state["fingerprint"] != self.data.fingerprint:
-            size = f"{len(self.data)} images now, {state['images']} then" if state["images"] != len(self.data) else ""
-            raise InputError(
-                f"resume: the data set changed since the run started ({size or 'other files, labels or pixels'}); "
-                "resume it on the data it started with, or start a new run"
-            )
+        check_same_data(state, self.data)
 
     def on_after_batch_transfer(self, batch: Tensor | tuple, dataloader_idx: int) -> tuple[Tensor, Tensor]:
         if isinstance(batch, (tuple, list)):  # (uint8 images, indices) read from a DiskImages file

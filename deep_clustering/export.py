@@ -123,10 +123,10 @@ def load_autoencoder(path: str, autoencoder: nn.Module, resumed: bool = False) -
     missing = sorted(set(own) ^ set(weights))
     if wrong or missing:
         detail = "; ".join(wrong + ([f"parameters that only one side has: {', '.join(missing)}"] if missing else []))
-        if resumed:  # the model is the run's own config: the images are what changed
+        if resumed:
             raise InputError(
-                f"resume: the data set changed since the run started (the images no longer fit {file}: {detail}); "
-                "resume it on the data it started with, or start a new run"
+                f"resume: {file} no longer fits this model and data ({detail}): the run's model or images "
+                "changed since it started; resume it as it started, or start a new run"
             )
         raise InputError(f"pretrained={file}: its shapes do not fit this model and data ({detail})")
     autoencoder.load_state_dict(weights)

@@ -28,7 +28,7 @@ from torch import Tensor
 from deep_clustering import graphs, runs
 from deep_clustering.baselines import run_baselines
 from deep_clustering.callbacks import AtomicCheckpointIO, FiniteLoss, LastCheckpoint, LearningRate
-from deep_clustering.data import DiskImages, ImageDataModule, ImageSet
+from deep_clustering.data import DiskImages, ImageDataModule, ImageSet, check_same_data
 from deep_clustering.distributed import embed_all
 from deep_clustering.errors import InputError
 from deep_clustering.export import load_autoencoder, save_autoencoder, write_metrics, write_predictions, write_skipped
@@ -82,6 +82,9 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     if autoencoder.decoder is None:
         log.info("stage 1/4: %s has no decoder: nothing to pretrain, DEC's loss alone", cfg.model._target_)
     elif pretrained:
+        finished = runs.latest_checkpoint(run_dir / "checkpoints" / "pretrain")
+        if not cfg.pretrained and finished:  # the run's own: its pretraining's data must be this data
+            check_data_of(finished, data)
         load_autoencoder(str(pretrained), autoencoder, resumed=not cfg.pretrained)
         log.info("stage 1/4: loaded the pretrained autoencoder %s", pretrained)
     else:
@@ -217,10 +220,15 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModu
                 )
             # the data first: Lightning loads the weights before the DataModule's state, and images of
             # another size would meet a size-mismatch traceback there
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-            if type(datamodule).__qualname__ in saved:
-                datamodule.load_state_dict(saved[type(datamodule).__qualname__])
+            check_data_of(checkpoint, datamodule.data)
         trainer.fit(module, datamodule, ckpt_path=checkpoint)
+
+
+def check_data_of(checkpoint: str, data: ImageSet) -> None:
+    """Refuse to resume on other data than `checkpoint` was trained on (its DataModule's fingerprint)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get(ImageDataModule.__qualname__)
+    if state is not None:  # in every checkpoint of this trainer
+        check_same_data(state, data)
 
 
 def pretrain_module(cfg: DictConfig, autoencoder: torch.nn.Module, graphed: bool = False) -> AutoencoderModule:

@@ -121,6 +121,19 @@ def test_a_run_dir_under_home_is_one_folder(digits, tmp_path, monkeypatch):
     assert {"metrics.json", "predictions.csv", "autoencoder.pt", "checkpoints"} <= {p.name for p in run.iterdir()}
 
 
+def test_a_fit_continued_on_other_data_after_pretraining_is_refused(digits, tmp_path):
+    # an interrupted fit whose pretraining had finished (killed in K-means, say) and no refinement
+    # checkpoint yet: until 2026-12-06 its autoencoder.pt, pretrained on other images, went on silently
+    quick = ["pretrain.epochs=1", "refine.max_iters=2", "init.manifold=none", "baselines=[]"]
+    run = tmp_path / "run"
+    DeepClustering(overrides=quick, run_dir=str(run)).fit(digits[0][:200])
+    for done in ("metrics.json", "predictions.csv", "checkpoints/refine"):
+        shutil.rmtree(run / done) if (run / done).is_dir() else (run / done).unlink()
+    with pytest.raises(InputError, match=r"^resume: the data set changed since the run started \(other files, labels"):
+        DeepClustering(overrides=quick, run_dir=str(run)).fit(digits[0][200:400])
+    DeepClustering(overrides=quick, run_dir=str(run)).fit(digits[0][:200])  # the same data continues
+
+
 def predict_cli(*overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "deep_clustering.predict", *overrides]

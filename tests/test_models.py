@@ -116,12 +116,13 @@ def test_an_autoencoder_trains_the_same_unrolled_or_not():
         torch.testing.assert_close(p, p_ref, rtol=1e-4, atol=1e-5)
 
 
-def test_a_resumed_runs_autoencoder_that_no_longer_fits_means_the_data_changed(tmp_path):
-    # the run's own autoencoder.pt, met on resume= by images of another size: until 2026-12-06 it was
-    # named as pretrained='s ("its shapes do not fit"), a setting the user never gave
+def test_a_resumed_runs_autoencoder_that_no_longer_fits_is_named_as_resumes(tmp_path):
+    # the run's own autoencoder.pt, met on resume= by images of another size or (a fit continued with
+    # other overrides) another model: until 2026-12-06 it was named as pretrained='s ("its shapes do
+    # not fit"), a setting the user never gave
     save_autoencoder(tmp_path / "autoencoder.pt", ConvAutoencoder(1, (8, 8), channels=(4, 4, 4)), {}, 1, (8, 8))
     other = ConvAutoencoder(1, (12, 12), channels=(4, 4, 4))
     with pytest.raises(InputError, match=r"^pretrained=.*: its shapes do not fit this model and data \(encoder\.7"):
         load_autoencoder(str(tmp_path), other)
-    with pytest.raises(InputError, match=r"^resume: the data set changed since the run started \(the images no longer"):
+    with pytest.raises(InputError, match=r"^resume: .*autoencoder\.pt no longer fits this model and data \(encoder\.7"):
         load_autoencoder(str(tmp_path), other, resumed=True)
