@@ -11,6 +11,8 @@ pipeline as `python train.py` (each fit is a run, with its own folder under outp
 """
 
 import json
+import os
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,8 +74,13 @@ class DeepClustering(BaseEstimator):
         if (run_dir / runs.FINISHED).is_file():
             raise InputError(f"run_dir={run_dir} holds a finished run ({run_dir / runs.FINISHED}): choose a new folder")
         run_dir.mkdir(parents=True, exist_ok=True)
+        # the run seeds the process's generators (Lightning's seed_everything) and sets Lightning's
+        # variables: the caller's own draws and environment go on afterwards as they were
+        states, environ = (random.getstate(), np.random.get_state()), dict(os.environ)
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         try:
-            result = pipeline.train(cfg, data, run_dir)
+            with torch.random.fork_rng(devices=cuda):
+                result = pipeline.train(cfg, data, run_dir)
         except InputError:  # refused before anything was written (K above the images, a pretrained= that does not fit)
             if new and not any(run_dir.iterdir()):
                 run_dir.rmdir()
@@ -84,6 +91,11 @@ class DeepClustering(BaseEstimator):
                     f"stopped by Ctrl-C; fit again with run_dir={str(run_dir)!r} to continue"
                 ) from None
             raise
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            os.environ.clear()
+            os.environ.update(environ)
         self.model_: DECModule = result.model
         self.labels_ = result.q.argmax(1).numpy()  # clusters of the training images
         self.metrics_ = result.metrics  # what metrics.json holds

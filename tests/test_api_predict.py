@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -132,6 +133,21 @@ def test_a_fit_continued_on_other_data_after_pretraining_is_refused(digits, tmp_
     with pytest.raises(InputError, match=r"^resume: the data set changed since the run started \(other files, labels"):
         DeepClustering(overrides=quick, run_dir=str(run)).fit(digits[0][200:400])
     DeepClustering(overrides=quick, run_dir=str(run)).fit(digits[0][:200])  # the same data continues
+
+
+def test_a_fit_leaves_the_callers_random_generators_and_environment_as_they_were(digits, tmp_path):
+    # until 2026-12-06 a fit re-seeded numpy's, Python's and torch's generators (the same draws after
+    # every fit, whatever the notebook had seeded) and left Lightning's PL_GLOBAL_SEED set
+    quick = ["pretrain.epochs=1", "refine.max_iters=2", "init.manifold=none", "baselines=[]"]
+    draws = []
+    for fit in (False, True):
+        np.random.seed(123), random.seed(123), torch.manual_seed(123)
+        environ = dict(os.environ)
+        if fit:
+            DeepClustering(overrides=quick, run_dir=str(tmp_path / "run"), seed=5).fit(digits[0][:200])
+        draws.append((np.random.rand(), random.random(), torch.rand(1).item()))
+        assert dict(os.environ) == environ
+    assert draws[0] == draws[1]
 
 
 def predict_cli(*overrides: str) -> subprocess.CompletedProcess:
