@@ -23,7 +23,7 @@ from sklearn.base import BaseEstimator
 
 from deep_clustering import pipeline, runs
 from deep_clustering.config import check_config, reference_config
-from deep_clustering.data import from_arrays
+from deep_clustering.data import as_labels, from_arrays
 from deep_clustering.errors import InputError
 from deep_clustering.pipeline import pick_device
 from deep_clustering.refine import DECModule
@@ -66,7 +66,8 @@ class DeepClustering(BaseEstimator):
             full = compose("train", overrides=overrides, return_hydra_config=True)
             cfg = compose("train", overrides=overrides)
             check_config(cfg, reference_config(full.hydra.runtime.choices))
-        data = from_arrays(_numpy(X), None if y is None else _numpy(y), "X")
+        data = from_arrays(_numpy(X), None, "X")
+        data.labels = None if y is None else as_labels(_numpy(y), len(data), "y")
         # made here (new_folder makes it): removed if nothing comes into it
         new = self.run_dir is None or not Path(self.run_dir).expanduser().exists()
         # absolute, ~ expanded: one folder for the pipeline and load(), wherever the process moves

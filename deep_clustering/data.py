@@ -175,14 +175,18 @@ def from_arrays(
     lo, hi = (float(v) for v in pixel_range)
     if (lo, hi) != (0.0, 1.0):
         images.sub_(lo).div_(max(hi - lo, 1e-12))  # in place: the copy astype made is ours
-    return ImageSet(images.contiguous(), _labels(y, images.shape[0], source), pixel_range=(lo, hi))
+    return ImageSet(images.contiguous(), as_labels(y, images.shape[0], source), pixel_range=(lo, hi))
 
 
-def _labels(y: np.ndarray | None, n: int, source: str) -> Tensor | None:
-    """(n,) whole-number labels as int64, or None; an InputError for other values or another count."""
+def as_labels(y: np.ndarray | None, n: int, source: str) -> Tensor | None:
+    """(n,) whole-number labels as int64, or None; an InputError for other values, another count or
+    another shape than (n,) or (n, 1)."""
     if y is None:
         return None
-    y = np.asarray(y).reshape(-1)
+    y = np.asarray(y)
+    if y.ndim > 1 and y.size != y.shape[0]:
+        raise InputError(f"{source}: labels of shape {y.shape}: one label per image, shape ({n},)")
+    y = y.reshape(-1)
     if y.shape[0] != n:
         raise InputError(f"{source}: {n} images but {y.shape[0]} labels")
     whole = (

@@ -78,6 +78,20 @@ def test_load_names_what_is_wrong_with_a_run_folder(pretrained_digits, tmp_path)
     assert model.predict(np.zeros((2, 8, 8))).shape == (2,)
 
 
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [  # until 2026-12-06 these named X, and a (N, 2) y was read as 2N labels
+        (np.zeros(299), "y: 300 images but 299 labels"),
+        (np.zeros((300, 2)), r"y: labels of shape \(300, 2\): one label per image, shape \(300,\)"),
+        (np.array(["a"] * 300), "y: labels must be whole numbers"),
+    ],
+)
+def test_bad_labels_are_named_as_y(tmp_path, y, message):
+    with pytest.raises(InputError, match=f"^{message}"):
+        DeepClustering(run_dir=str(tmp_path / "run")).fit(np.zeros((300, 8, 8)), y)
+    assert not (tmp_path / "run").exists()
+
+
 def test_unfitted_estimator_says_so():
     with pytest.raises(InputError, match="not fitted"):
         DeepClustering().predict(np.zeros((2, 8, 8)))
