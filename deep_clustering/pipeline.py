@@ -367,8 +367,8 @@ def load_trained(path: str | Path, given: str | None = None) -> DECModule:
 
 
 def pick_device(name: str) -> torch.device:
-    """'auto' (a GPU when there is one), or any torch device name (an InputError for an unknown name or a
-    CUDA device on a machine without one)."""
+    """'auto' (a GPU when there is one), or any torch device name (an InputError for an unknown name, a
+    CUDA device on a machine without one, or a device torch cannot compute on here: mps, meta, ...)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -377,4 +377,8 @@ def pick_device(name: str) -> torch.device:
         raise InputError(f"device={name!r}: not a device (auto, cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device={name}: no CUDA GPU is available here")
+    try:  # a name torch knows, on hardware or a build without it (mps), or holding no data (meta)
+        torch.ones(1, device=device).cpu()
+    except (RuntimeError, NotImplementedError):
+        raise InputError(f"device={name}: torch cannot compute there on this machine and build") from None
     return device

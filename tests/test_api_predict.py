@@ -240,6 +240,8 @@ def test_predict_refuses_a_bad_setting_or_checkpoint_before_importing_torch(tmp_
     ("overrides", "message"),
     [
         (["device=gpu"], "device='gpu': not a device (auto, cpu, cuda, cuda:1, ...)"),
+        # until 2026-12-06 torch's NotImplementedError (meta) or a RuntimeError a page long (mps off a Mac)
+        (["device=meta"], "device=meta: torch cannot compute there on this machine and build"),
         (["contact_sheets=-1"], "contact_sheets=-1 must be a whole number, 0 or more"),
         (
             ["checkpoint={unfinished}"],
