@@ -43,7 +43,8 @@ class DeepClustering(BaseEstimator):
             makes a new outputs/DATE/TIME folder. A folder
             that holds a finished run is refused; one an interrupted fit left is continued from its
             checkpoints.
-        device: where predict and transform run: 'auto' (a GPU when there is one), 'cpu', 'cuda', ...
+        device: where predict and transform run: 'auto' (a GPU when there is one), 'cpu', 'cuda', ...;
+            checked by fit and load, before training or loading
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class DeepClustering(BaseEstimator):
     def fit(self, X, y=None) -> "DeepClustering":
         """Train on images X; labels y, where known, only add ACC / NMI / ARI to `metrics_`."""
         runs.register_resolvers()
+        pick_device(self.device)  # predict's and transform's: a bad one is refused now, not after training
         overrides = [f"n_clusters={self.n_clusters}", f"seed={self.seed}", *self.overrides]
         with initialize_config_dir(str(CONFIGS), version_base="1.3", job_name="api"):
             full = compose("train", overrides=overrides, return_hydra_config=True)
@@ -121,6 +123,7 @@ class DeepClustering(BaseEstimator):
     @classmethod
     def load(cls, path: str, device: str = "auto") -> "DeepClustering":
         """A trained model from a finished run's folder or its refinement checkpoint."""
+        pick_device(device)  # refused here rather than at the first predict
         self, given = cls(device=device), f"DeepClustering.load({str(path)!r})"
         self.model_ = pipeline.load_trained(path, given)
         self.n_clusters = self.model_.hparams.n_clusters

@@ -92,6 +92,15 @@ def test_bad_labels_are_named_as_y(tmp_path, y, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bad_device_is_refused_before_training_or_loading(tmp_path):
+    # device is predict's and transform's; until 2026-12-06 fit trained to the end and load accepted it
+    with pytest.raises(InputError, match="^device='bogus': not a device"):
+        DeepClustering(device="bogus", run_dir=str(tmp_path / "run")).fit(np.zeros((30, 8, 8)))
+    with pytest.raises(InputError, match="^device='bogus': not a device"):
+        DeepClustering.load(str(tmp_path), device="bogus")
+    assert not (tmp_path / "run").exists()
+
+
 def test_unfitted_estimator_says_so():
     with pytest.raises(InputError, match="not fitted"):
         DeepClustering().predict(np.zeros((2, 8, 8)))
