@@ -63,6 +63,8 @@ class DeepClustering(BaseEstimator):
         """Train on images X; labels y, where known, only add ACC / NMI / ARI to `metrics_`."""
         runs.register_resolvers()
         pick_device(self.device)  # predict's and transform's: a bad one is refused now, not after training
+        if isinstance(self.overrides, str):  # Hydra would read it letter by letter: 'p' missing EQUAL
+            raise InputError(f"overrides={self.overrides!r}: a list of KEY=VALUE strings, as [{self.overrides!r}]")
         overrides = [f"n_clusters={self.n_clusters}", f"seed={self.seed}", *self.overrides]
         with initialize_config_dir(str(CONFIGS), version_base="1.3", job_name="api"):
             full = compose("train", overrides=overrides, return_hydra_config=True)

@@ -92,10 +92,13 @@ def test_bad_labels_are_named_as_y(tmp_path, y, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_bad_device_is_refused_before_training_or_loading(tmp_path):
+def test_a_bad_device_or_overrides_is_refused_before_training_or_loading(tmp_path):
     # device is predict's and transform's; until 2026-12-06 fit trained to the end and load accepted it
     with pytest.raises(InputError, match="^device='bogus': not a device"):
         DeepClustering(device="bogus", run_dir=str(tmp_path / "run")).fit(np.zeros((30, 8, 8)))
+    # one string for the list: until 2026-12-06 Hydra's "Error parsing override 'p' missing EQUAL"
+    with pytest.raises(InputError, match=r"^overrides='pretrain.epochs=1': a list of KEY=VALUE strings"):
+        DeepClustering(overrides="pretrain.epochs=1", run_dir=str(tmp_path / "run")).fit(np.zeros((30, 8, 8)))
     with pytest.raises(InputError, match="^device='bogus': not a device"):
         DeepClustering.load(str(tmp_path), device="bogus")
     assert not (tmp_path / "run").exists()
