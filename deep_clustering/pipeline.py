@@ -39,6 +39,9 @@ from deep_clustering.refine import DECModule, warn_if_collapsed
 from deep_clustering.visualize import log_final
 
 log = logging.getLogger("deep_clustering")
+# Lightning 2.6 advertises a cloud logger (litlogger) at every Trainer it makes: twice a run, in the
+# console and train.log, and in a notebook's output at every fit
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in str(record.msg))
 
 
 @dataclass

@@ -36,6 +36,7 @@ def test_quick_run_leaves_everything_in_its_folder(tmp_path):
     # Lightning's lines once, through Hydra's handlers (until 2026-12-06 also through its own: twice)
     said = proc.stdout + proc.stderr
     assert said.count("`Trainer.fit` stopped: `max_steps=40` reached.") == 1, said[-3000:]
+    assert "litlogger" not in said  # Lightning's advertisement at each Trainer (until 2026-12-06, twice a run)
     log = (run_dir / "train.log").read_text()  # what ran and how it ended, as the console said
     assert "stage 2-3/4: K-means on the codes (20 restarts)" in log
     # the epochs, the refreshes of P and why refinement stopped (until 2026-12-06 none of them)
