@@ -221,17 +221,29 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModu
                     f"resume: {checkpoint} is damaged (not a whole checkpoint): delete it, and resume again to "
                     f"redo this stage from its start"
                 )
-            # the data first: Lightning loads the weights before the DataModule's state, and images of
-            # another size would meet a size-mismatch traceback there
-            check_data_of(checkpoint, datamodule.data)
+            # the data and the settings first: Lightning loads the weights before the DataModule's
+            # state, and images of another size or another K would meet a size-mismatch traceback there
+            check_data_of(checkpoint, datamodule.data, module)
         trainer.fit(module, datamodule, ckpt_path=checkpoint)
 
 
-def check_data_of(checkpoint: str, data: ImageSet) -> None:
-    """Refuse to resume on other data than `checkpoint` was trained on (its DataModule's fingerprint)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get(ImageDataModule.__qualname__)
+def check_data_of(checkpoint: str, data: ImageSet, module: L.LightningModule | None = None) -> None:
+    """Refuse to resume on other data than `checkpoint` was trained on (its DataModule's fingerprint),
+    or (`module`) with other settings than it recorded (a DeepClustering fit continued with other
+    overrides; `resume=` takes the run's own config)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    state = saved.get(ImageDataModule.__qualname__)
     if state is not None:  # in every checkpoint of this trainer
         check_same_data(state, data)
+    then = saved.get("hyper_parameters", {}) if module is not None else {}
+    changed = [k for k, v in then.items() if k in module.hparams and module.hparams[k] != v]
+    if changed:
+        was = ", ".join(f"{k}={then[k]}" for k in changed)
+        now = ", ".join(f"{k}={module.hparams[k]}" for k in changed)
+        raise InputError(
+            f"resume: {checkpoint} was saved with {was}, this run has {now}: continue it with the settings "
+            "it started with, or start a new run"
+        )
 
 
 def pretrain_module(cfg: DictConfig, autoencoder: torch.nn.Module, graphed: bool = False) -> AutoencoderModule:

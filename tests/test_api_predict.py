@@ -148,7 +148,7 @@ def test_a_run_dir_under_home_is_one_folder(digits, tmp_path, monkeypatch):
     assert {"metrics.json", "predictions.csv", "autoencoder.pt", "checkpoints"} <= {p.name for p in run.iterdir()}
 
 
-def test_a_fit_continued_on_other_data_after_pretraining_is_refused(digits, tmp_path):
+def test_a_fit_continued_on_other_data_or_settings_is_refused(digits, tmp_path):
     # an interrupted fit whose pretraining had finished (killed in K-means, say) and no refinement
     # checkpoint yet: until 2026-12-06 its autoencoder.pt, pretrained on other images, went on silently
     quick = ["pretrain.epochs=1", "refine.max_iters=2", "init.manifold=none", "baselines=[]"]
@@ -159,6 +159,12 @@ def test_a_fit_continued_on_other_data_after_pretraining_is_refused(digits, tmp_
     with pytest.raises(InputError, match=r"^resume: the data set changed since the run started \(other files, labels"):
         DeepClustering(overrides=quick, run_dir=str(run)).fit(digits[0][200:400])
     DeepClustering(overrides=quick, run_dir=str(run)).fit(digits[0][:200])  # the same data continues
+    # continued from a refinement checkpoint with another K: until 2026-12-06 a size-mismatch traceback
+    (run / "metrics.json").unlink()
+    with pytest.raises(
+        InputError, match=r"^resume: .*last\.ckpt was saved with n_clusters=10, this run has n_clusters=5"
+    ):
+        DeepClustering(n_clusters=5, overrides=quick, run_dir=str(run)).fit(digits[0][:200])
 
 
 def test_a_fit_leaves_the_callers_random_generators_and_environment_as_they_were(digits, tmp_path):
