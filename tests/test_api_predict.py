@@ -99,6 +99,9 @@ def test_a_bad_device_or_overrides_is_refused_before_training_or_loading(tmp_pat
     # one string for the list: until 2026-12-06 Hydra's "Error parsing override 'p' missing EQUAL"
     with pytest.raises(InputError, match=r"^overrides='pretrain.epochs=1': a list of KEY=VALUE strings"):
         DeepClustering(overrides="pretrain.epochs=1", run_dir=str(tmp_path / "run")).fit(np.zeros((30, 8, 8)))
+    # the estimator's own parameters: until 2026-12-06 the override won while get_params said otherwise
+    with pytest.raises(InputError, match=r"^overrides: seed=5: give it as the parameter seed= instead"):
+        DeepClustering(overrides=["seed=5"], run_dir=str(tmp_path / "run")).fit(np.zeros((30, 8, 8)))
     with pytest.raises(InputError, match="^device='bogus': not a device"):
         DeepClustering.load(str(tmp_path), device="bogus")
     assert not (tmp_path / "run").exists()
