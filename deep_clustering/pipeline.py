@@ -151,7 +151,9 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "n_samples": len(data),
         "n_clusters": cfg.n_clusters,
         "n_clusters_found": sum(size > 0 for size in sizes),  # fewer when refinement left clusters empty
-        "refine_iterations": int(dec.steps),
+        # the trainer's, restored from the checkpoint: a run resumed at its last step skips the fit
+        # loop and its on_train_end (dec.steps stayed 0 there until 2026-12-06)
+        "refine_iterations": trainer.global_step,
         "refreshes_of_p": int(dec.n_refresh),
         "stopped_by": "tol" if dec.converged else "max_iters",
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
@@ -173,7 +175,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         codes.cpu(),
         pred.cpu(),
         data.labels,
-        int(dec.steps),
+        trainer.global_step,
         data.class_names,
         tsne=tsne,
     )

@@ -426,6 +426,16 @@ def test_bad_resume_is_refused(pretrained_digits, tmp_path, setup, overrides, me
     assert (sorted(p.name for p in run.iterdir()) if run.exists() else None) == before  # nothing written
 
 
+def test_a_run_resumed_after_its_last_step_counts_its_steps(pretrained_digits, tmp_path):
+    # refinement ended (at its last step, or SIGTERM there) but the run did not finish: the resumed
+    # fit has no step left and Lightning skips its loop; until 2026-12-06 metrics.json said 0 steps
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_digits, run, ignore=shutil.ignore_patterns("metrics.json", "tensorboard"))
+    run_train(run, f"resume={run}")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["resumed"] and metrics["refine_iterations"] == 1  # pretrained_digits: refine.max_iters=1
+
+
 @pytest.mark.parametrize("damage", ["config", "checkpoint", "autoencoder"])
 def test_a_damaged_run_is_named_in_one_line(pretrained_digits, tmp_path, damage):
     # until 2026-12-06 a cut-short checkpoint or config ended in a traceback that named neither file,
