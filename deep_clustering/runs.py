@@ -165,6 +165,8 @@ class FreshFolder(Callback):
             return
         if "resume" in config and config.hydra.output_subdir is None:
             sys.exit("error: hydra.output_subdir=null: a run keeps its config in .hydra, which resume= needs")
+        if "checkpoint" in config and mode == "run":  # predict: not into the folder it sorts
+            FreshFolder._outside_the_images(config)
         if str(OmegaConf.to_container(config.hydra[mode], resolve=False)["dir"]).startswith("${dc.run_dir:"):
             return
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the folder's name
@@ -174,9 +176,30 @@ class FreshFolder(Callback):
         if used:
             sys.exit(
                 f"error: hydra.{mode}.dir={folder} already holds a run ({used[0]}): a run never writes over "
-                f"another's outputs; choose a new folder, or continue an interrupted run with resume=FOLDER"
+                f"another's outputs; choose a new folder"
+                + (", or continue an interrupted run with resume=FOLDER" if "resume" in config else "")
             )
         hold(folder)
+
+    @staticmethod
+    def _outside_the_images(config: DictConfig) -> None:
+        """Refuse a predict whose output folder is inside the image folder it sorts: it wrote its
+        files into the user's folder, and a second predict there sorted the first one's copies and
+        contact sheets with the images (until 2026-12-06)."""
+        source = Path(str(config.data.get("path") or "")).expanduser().absolute()
+        if not source.is_dir():
+            return
+        HydraConfig.instance().set_config(config)
+        out = Path(config.hydra.run.dir).absolute()  # a new folder (dc.run_dir) is made as it resolves
+        if out.is_relative_to(source):
+            for empty in (out, *out.parents):  # the new folder, made just now, goes again
+                if empty == source or not empty.is_dir() or any(empty.iterdir()):
+                    break
+                empty.rmdir()
+            sys.exit(
+                f"error: hydra.run.dir={out} is inside data.path={source}: predict would write into the folder "
+                "it sorts; run it from another folder, or give hydra.run.dir=FOLDER outside it"
+            )
 
 
 HELD = []  # the lock files this process holds, open until it ends
@@ -264,6 +287,8 @@ def trained_checkpoint(path: str | Path, given: str | None = None) -> Path:
         if (file / FINISHED).is_file() and not model.is_file():
             raise InputError(f"{given}: a finished run's folder without its model ({model} is missing)")
         file = model
+    if not file.exists():
+        raise InputError(f"{given}: no such file or folder")
     if not file.is_file():
         raise InputError(f"{given}: neither a finished run's folder nor a refinement checkpoint")
     return file

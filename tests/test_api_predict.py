@@ -217,8 +217,25 @@ def test_predict_command_sorts_a_folder(pretrained_digits, tmp_path):
     # the same command again into the same folder: refused, the first predictions left as they were
     before = {p: p.stat().st_mtime for p in out.rglob("*") if p.is_file()}
     proc = predict_cli(f"checkpoint={pretrained_digits}", f"data.path={folder}", "folders=link", f"hydra.run.dir={out}")
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: hydra.run.dir={out} already holds a run")
+    refused = proc.stderr.strip().splitlines()[-1]
+    assert refused.startswith(f"error: hydra.run.dir={out} already holds a run") and "resume=" not in refused
     assert {p: p.stat().st_mtime for p in out.rglob("*") if p.is_file()} == before
+    # an output folder inside the image folder (predict started there, or hydra.run.dir=IMAGES/sorted):
+    # until 2026-12-06 it wrote there, and a second predict sorted the first one's copies with the images
+    listed = sorted(folder.rglob("*"))
+    for args in ([f"hydra.run.dir={folder / 'sorted'}"], ["data.path=."]):  # the latter: predictions/DATE/TIME
+        cmd = [
+            sys.executable,
+            "-m",
+            "deep_clustering.predict",
+            f"checkpoint={pretrained_digits}",
+            f"data.path={folder}",
+        ]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([*cmd, *args], cwd=folder, capture_output=True, text=True, timeout=600, env=env)
+        said = proc.stderr.strip().splitlines()[-1]
+        assert said.startswith("error: hydra.run.dir=") and f"is inside data.path={folder}: predict would" in said, said
+        assert sorted(folder.rglob("*")) == listed  # nothing written there, not even the new folder
 
 
 def test_predict_refuses_images_of_another_shape(pretrained_digits, tmp_path):
