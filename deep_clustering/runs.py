@@ -272,6 +272,8 @@ def trained_checkpoint(path: str | Path, given: str | None = None) -> Path:
     `path`, for the errors (`checkpoint=PATH` unless said)."""
     given = given or f"checkpoint={path}"
     file = Path(path).expanduser()
+    if not file.exists():
+        raise InputError(f"{given}: no such file or folder")
     if file.is_dir():
         model = file / "checkpoints" / "refine" / "last.ckpt"
         if not (file / FINISHED).is_file() and model.is_file():
@@ -287,8 +289,6 @@ def trained_checkpoint(path: str | Path, given: str | None = None) -> Path:
         if (file / FINISHED).is_file() and not model.is_file():
             raise InputError(f"{given}: a finished run's folder without its model ({model} is missing)")
         file = model
-    if not file.exists():
-        raise InputError(f"{given}: no such file or folder")
     if not file.is_file():
         raise InputError(f"{given}: neither a finished run's folder nor a refinement checkpoint")
     return file

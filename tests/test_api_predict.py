@@ -262,12 +262,14 @@ def test_predict_refuses_a_bad_setting_or_checkpoint_before_importing_torch(tmp_
         "    print(e)\n"
         "    print('torch' in sys.modules)\n"
     )
+    (tmp_path / "images").mkdir()
     for setting, error in [
         ("folders=move", "error: folders='move' must be none, link or copy"),
         (f"checkpoint={tmp_path}", f"error: checkpoint={tmp_path}: neither a finished run's folder nor a refinement"),
+        ("folders=none", "error: checkpoint=/no/such/run: no such file or folder"),  # until 2026-12-06 "neither ..."
     ]:
-        out = tmp_path / setting.split("=")[0]
-        args = ["checkpoint=/no/such/run", f"data.path={tmp_path}", setting, f"hydra.run.dir={out}"]
+        out = tmp_path / setting.replace("=", "_")
+        args = ["checkpoint=/no/such/run", f"data.path={tmp_path / 'images'}", setting, f"hydra.run.dir={out}"]
         proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True)
         *_, said, torch_imported = proc.stdout.splitlines()
         assert said.startswith(error) and torch_imported == "False", proc.stdout + proc.stderr
