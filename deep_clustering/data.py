@@ -403,7 +403,7 @@ def _cached(
     key = hashlib.sha256(json.dumps([2, str(root.resolve()), shape[1:]]).encode())
     for f in files:
         st = f.stat() if f.exists() else None
-        key.update(f"{f.relative_to(root)}\0{st and st.st_size}\0{st and st.st_mtime_ns}\n".encode())
+        key.update(os.fsencode(f"{f.relative_to(root)}\0{st and st.st_size}\0{st and st.st_mtime_ns}\n"))
     data, meta = cache_dir / f"{key.hexdigest()[:32]}.u8", cache_dir / f"{key.hexdigest()[:32]}.json"
     if not meta.is_file():
         try:

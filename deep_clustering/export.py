@@ -18,9 +18,10 @@ log = logging.getLogger("deep_clustering")
 
 def atomic_write(path: Path, write: Any, mode: str = "w") -> None:
     """Write `path` through `write(file)` into a temporary file, then rename it over the target,
-    so a reader never sees a partial file."""
+    so a reader never sees a partial file. Text keeps a file name that is not UTF-8 (a Windows
+    zip's Latin-1, which Python reads as surrogates) as its bytes, the name the file system has."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, mode, **({"newline": ""} if mode == "w" else {})) as f:
+    with open(tmp, mode, **({"newline": "", "errors": "surrogateescape"} if mode == "w" else {})) as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
@@ -43,7 +44,7 @@ def _finite(value: Any) -> Any:
 def write_skipped(folder: Path, skipped: list[str]) -> None:
     """skipped_files.txt: the bad files data.on_bad_file=skip left out, with the reason; and a warning naming it."""
     listed = folder / "skipped_files.txt"
-    listed.write_text("".join(f"{bad}\n" for bad in skipped))
+    listed.write_text("".join(f"{bad}\n" for bad in skipped), errors="surrogateescape")  # names as their bytes
     files = f"{len(skipped)} bad file{'s' if len(skipped) > 1 else ''}"
     log.warning("skipped %s (data.on_bad_file=skip), listed in %s", files, listed)
 

@@ -1,4 +1,5 @@
 import logging
+import os
 from functools import partial
 
 import lightning as L
@@ -393,3 +394,23 @@ def test_a_run_resumed_on_images_of_another_size_is_refused_before_its_weights_l
         trainer(callbacks=[StopAt12(tmp_path / "last.ckpt")]).fit(*stage(8))
     with pytest.raises(InputError, match=r"resume: the data set changed since the run started \(other files"):
         fit(trainer(), *stage(12), tmp_path)
+
+
+def test_a_file_name_that_is_not_utf8_is_read_cached_and_written_back_as_its_bytes(tmp_path):
+    # a Windows zip's Latin-1 name: until 2026-12-06 the cache key (in_memory=false) failed at once,
+    # and in memory the run trained to its end, then failed writing predictions.csv (no metrics.json)
+    from deep_clustering.export import write_predictions, write_skipped
+
+    for i in range(3):
+        _save(tmp_path / "images" / f"{i}.png", "L", (4, 4), 40 * i)
+    latin1 = os.fsdecode(b"\xe9t\xe9.png")  # Python's name for it: surrogates
+    Image.new("L", (4, 4), 200).save(os.path.join(tmp_path / "images", latin1), format="PNG")
+    (tmp_path / "images" / os.fsdecode(b"bad\xe9.png")).write_bytes(b"not an image")
+    data = load_image_folder(
+        str(tmp_path / "images"), (4, 4), 1, on_bad_file="skip", in_memory=False, cache_dir=str(tmp_path / "cache")
+    )
+    assert latin1 in data.files and len(data) == 4
+    write_predictions(tmp_path / "p.csv", torch.zeros(4, dtype=torch.long), torch.ones(4), data.files, None)
+    write_skipped(tmp_path, data.skipped)
+    assert b"\xe9t\xe9.png,0," in (tmp_path / "p.csv").read_bytes()
+    assert b"bad\xe9.png" in (tmp_path / "skipped_files.txt").read_bytes()
