@@ -39,6 +39,8 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     runs.back_to_launch_dir()
     runs.say_when_stopped(run_dir)
+    if runs.started_for_another_rank():  # the first process says what the run does; the others, errors only
+        log.setLevel(logging.ERROR)
     try:
         choices = dict(HydraConfig.get().runtime.choices)
         if cfg.resume:

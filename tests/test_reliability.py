@@ -256,8 +256,10 @@ def test_a_ddp_run_stopped_by_signals_resumes_to_the_uninterrupted_run(tmp_path)
     settings = ["pretrain.epochs=40", "refine.max_iters=20", "init.manifold=none", "baselines=[]"]
     settings += ["trainer=ddp", "trainer.devices=2"]
     uninterrupted = tmp_path / "uninterrupted"
-    run_train(uninterrupted, *settings)
+    said = run_train(uninterrupted, *settings)
     predictions = (uninterrupted / "predictions.csv").read_text()
+    # the run's lines once, from the first process (until 2026-12-06 the second printed them too)
+    assert (said.stdout + said.stderr).count("stage 2-3/4: K-means on the codes") == 1, said.stdout[-3000:]
 
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "pretrain" / "last.ckpt"
