@@ -150,7 +150,12 @@ class FreshFolder(Callback):
     torchrun job, which a requeued job continues. Also refuses `hydra.output_subdir=null` for a
     training run, whose config `resume=` needs."""
 
+    def __init__(self, sorts: str | None = None) -> None:
+        self.sorts = sorts  # predict's data.path, which its output may not be inside
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.sorts:  # predict: not into the folder it sorts
+            self._outside(Path(self.sorts).expanduser().absolute(), config)
         self._check(config, "run")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -165,8 +170,6 @@ class FreshFolder(Callback):
             return
         if "resume" in config and config.hydra.output_subdir is None:
             sys.exit("error: hydra.output_subdir=null: a run keeps its config in .hydra, which resume= needs")
-        if "checkpoint" in config and mode == "run":  # predict: not into the folder it sorts
-            FreshFolder._outside_the_images(config)
         if str(OmegaConf.to_container(config.hydra[mode], resolve=False)["dir"]).startswith("${dc.run_dir:"):
             return
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the folder's name
@@ -182,12 +185,11 @@ class FreshFolder(Callback):
         hold(folder)
 
     @staticmethod
-    def _outside_the_images(config: DictConfig) -> None:
-        """Refuse a predict whose output folder is inside the image folder it sorts: it wrote its
-        files into the user's folder, and a second predict there sorted the first one's copies and
-        contact sheets with the images (until 2026-12-06)."""
-        source = Path(str(config.data.get("path") or "")).expanduser().absolute()
-        if not source.is_dir():
+    def _outside(source: Path, config: DictConfig) -> None:
+        """Refuse a predict whose output folder is inside the image folder it sorts, `source`: it
+        wrote its files into the user's folder, and a second predict there sorted the first one's
+        copies and contact sheets with the images (until 2026-12-06)."""
+        if not source.is_dir() or started_for_another_rank():
             return
         HydraConfig.instance().set_config(config)
         out = Path(config.hydra.run.dir).absolute()  # a new folder (dc.run_dir) is made as it resolves

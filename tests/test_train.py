@@ -145,6 +145,15 @@ def test_relative_paths_are_the_launch_folders_under_hydra_job_chdir(tmp_path, d
     assert proc.stderr.strip().splitlines()[-1].startswith("error: n_clusters=500 is more than the 300 images")
 
 
+def test_the_default_output_folder_under_the_launch_folder_is_accepted(tmp_path):
+    # as `make train` runs: outputs/DATE/TIME under the folder the command runs in, no data.path (an
+    # intermediate commit of 2026-12-06 took every such run for a predict into its image folder)
+    cmd = [sys.executable, str(ROOT / "train.py"), "n_clusters=5000"]  # refused once the data is read
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.stderr.strip().splitlines()[-1] == "error: n_clusters=5000 is more than the 1797 images of the data set"
+    assert len(list((tmp_path / "outputs").glob("*/*/train.log"))) == 1
+
+
 def test_a_fault_of_ours_leaves_its_traceback_in_the_runs_log(tmp_path):
     # a bug (here a stand-in pipeline.train that raises) is not an input error: the console gets
     # Hydra's traceback and train.log keeps it too (until 2026-12-06 train.log ended without it)
