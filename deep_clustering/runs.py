@@ -148,7 +148,8 @@ class FreshFolder(Callback):
     interrupted run continues with `resume=` (vetted by `check_resume`), the one way back into a used
     folder; the project's own folders (`dc.run_dir`) are new, or the shared folder of a SLURM or
     torchrun job, which a requeued job continues. Also refuses `hydra.output_subdir=null` for a
-    training run, whose config `resume=` needs."""
+    training run, whose config `resume=` needs, and (`sorts`: predict's data.path) an output folder
+    inside the folder predict sorts."""
 
     def __init__(self, sorts: str | None = None) -> None:
         self.sorts = sorts  # predict's data.path, which its output may not be inside
