@@ -83,7 +83,7 @@ def main(cfg: DictConfig) -> float:
         if stop and runs.started_for_another_rank():
             sys.exit(1)  # the first process of a DDP run says it
         if stop:
-            message = f"stopped by {stop}; continue with: python train.py {runs.override('resume', run_dir)}"
+            message = runs.stopped(stop, run_dir)
             runs.log_to_file(log, message, logging.WARNING)
             sys.exit(message)
         raise

@@ -66,8 +66,9 @@ class DeepClustering(BaseEstimator):
         if isinstance(self.overrides, str):  # Hydra would read it letter by letter: 'p' missing EQUAL
             raise InputError(f"overrides={self.overrides!r}: a list of KEY=VALUE strings, as [{self.overrides!r}]")
         for given in self.overrides:  # they would win over the parameters, which get_params would still report
-            if given.lstrip("+~").split("=")[0] in ("n_clusters", "seed"):
-                raise InputError(f"overrides: {given}: give it as the parameter {given.split('=')[0]}= instead")
+            key = given.lstrip("+~").split("=")[0]
+            if key in ("n_clusters", "seed"):
+                raise InputError(f"overrides: {given}: give it as the parameter {key}= instead")
         overrides = [f"n_clusters={self.n_clusters}", f"seed={self.seed}", *self.overrides]
         with initialize_config_dir(str(CONFIGS), version_base="1.3", job_name="api"):
             full = compose("train", overrides=overrides, return_hydra_config=True)

@@ -309,6 +309,11 @@ def log_to_file(
             handler.handle(record)
 
 
+def stopped(by: str, run_dir: Path) -> str:
+    """The line a run stopped by a signal ends with: what stopped it, and the command that continues it."""
+    return f"stopped by {by}; continue with: python train.py {override('resume', run_dir)}"
+
+
 class StoppedBySigterm:
     """SIGTERM's handler outside Lightning's training loop (the data, the embedding pass and the
     baselines, the K-means or t-SNE initialisation in on_fit_start, which comes before Lightning sets
@@ -324,7 +329,7 @@ class StoppedBySigterm:
     def __call__(self, signum: int, frame: Any) -> None:
         if signal.getsignal(signal.SIGTERM) is not self:  # called by Lightning's handler: it took note
             return
-        message = f"stopped by SIGTERM; continue with: python train.py {override('resume', self.run_dir)}"
+        message = stopped("SIGTERM", self.run_dir)
         log_to_file(logging.getLogger("deep_clustering"), message, logging.WARNING)
         print(message, file=sys.stderr, flush=True)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -336,9 +341,8 @@ def say_when_stopped(run_dir: Path) -> None:
     ends the run in `run_dir` saying so (StoppedBySigterm); the first process of a DDP run says it."""
     if started_for_another_rank() or threading.current_thread() is not threading.main_thread():
         return
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or isinstance(
-        signal.getsignal(signal.SIGTERM), StoppedBySigterm
-    ):
+    current = signal.getsignal(signal.SIGTERM)
+    if current is signal.SIG_DFL or isinstance(current, StoppedBySigterm):
         signal.signal(signal.SIGTERM, StoppedBySigterm(run_dir))
 
 

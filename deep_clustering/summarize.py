@@ -86,10 +86,12 @@ def to_markdown(table: list[dict], metric: str) -> str:
         cells = [str(e["settings"].get(k, "")) for k in keys] + [str(e["n"])]
         for m in shown:
             s = e.get(m)
-            if s and s["std"] is None:  # one run: its value
+            if s is None:
+                cells.append("")
+            elif s["std"] is None:  # one run: its value
                 cells.append(f"{s['mean']:.4f}")
             else:
-                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.4f}, {s['max']:.4f}]" if s else "")
+                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.4f}, {s['max']:.4f}]")
         lines.append("| " + " | ".join(cells) + " |")
     order = "lowest" if metric in LOWER_IS_BETTER else "highest"
     shared = " ".join(f"{k}={v}" for k, v in common.items())
