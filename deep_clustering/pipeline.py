@@ -87,7 +87,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     elif pretrained:
         finished = runs.latest_checkpoint(run_dir / "checkpoints" / "pretrain")
         if not cfg.pretrained and finished:  # the run's own: its pretraining's data must be this data
-            check_data_of(finished, data)
+            check_resumable(finished, data)
         load_autoencoder(str(pretrained), autoencoder, resumed=not cfg.pretrained)
         log.info("stage 1/4: loaded the pretrained autoencoder %s", pretrained)
     else:
@@ -218,21 +218,21 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModu
         warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
         checkpoint = runs.latest_checkpoint(checkpoints)
         if checkpoint is not None:
-            if not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip archive
-                raise InputError(
-                    f"resume: {checkpoint} is damaged (not a whole checkpoint): delete it, and resume again to "
-                    f"redo this stage from its start"
-                )
             # the data and the settings first: Lightning loads the weights before the DataModule's
             # state, and images of another size or another K would meet a size-mismatch traceback there
-            check_data_of(checkpoint, datamodule.data, module)
+            check_resumable(checkpoint, datamodule.data, module)
         trainer.fit(module, datamodule, ckpt_path=checkpoint)
 
 
-def check_data_of(checkpoint: str, data: ImageSet, module: L.LightningModule | None = None) -> None:
-    """Refuse to resume on other data than `checkpoint` was trained on (its DataModule's fingerprint),
-    or (`module`) with other settings than it recorded (a DeepClustering fit continued with other
-    overrides; `resume=` takes the run's own config)."""
+def check_resumable(checkpoint: str, data: ImageSet, module: L.LightningModule | None = None) -> None:
+    """Refuse to resume from `checkpoint` where it is damaged, was trained on other data (its
+    DataModule's fingerprint), or (`module`) recorded other settings (a DeepClustering fit continued
+    with other overrides; `resume=` takes the run's own config)."""
+    if not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip archive
+        raise InputError(
+            f"resume: {checkpoint} is damaged (not a whole checkpoint): delete it, and resume again to "
+            f"redo this stage from its start"
+        )
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     state = saved.get(ImageDataModule.__qualname__)
     if state is not None:  # in every checkpoint of this trainer

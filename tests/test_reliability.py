@@ -438,19 +438,22 @@ def test_a_run_resumed_after_its_last_step_counts_its_steps(pretrained_digits, t
     assert metrics["resumed"] and metrics["refine_iterations"] == 1  # pretrained_digits: refine.max_iters=1
 
 
-@pytest.mark.parametrize("damage", ["config", "checkpoint", "autoencoder"])
+@pytest.mark.parametrize("damage", ["config", "checkpoint", "pretraining", "autoencoder"])
 def test_a_damaged_run_is_named_in_one_line(pretrained_digits, tmp_path, damage):
     # until 2026-12-06 a cut-short checkpoint or config ended in a traceback that named neither file,
     # and the run's own autoencoder.pt was named as pretrained='s
     run = tmp_path / "run é 1"  # a space and an accent: Hydra's grammar takes it quoted
     shutil.copytree(pretrained_digits, run, ignore=shutil.ignore_patterns("metrics.json", "tensorboard"))
-    damaged = run / {"config": ".hydra/config.yaml", "checkpoint": "checkpoints/refine/last.ckpt"}.get(
-        damage, "autoencoder.pt"
-    )
+    damaged = run / {
+        "config": ".hydra/config.yaml",
+        "checkpoint": "checkpoints/refine/last.ckpt",
+        "pretraining": "checkpoints/pretrain/last.ckpt",  # read beside autoencoder.pt (until 2026-12-06 a traceback)
+    }.get(damage, "autoencoder.pt")
     damaged.write_bytes(damaged.read_bytes()[:100])
     message = {
         "config": f"error: resume={run}: {damaged} lacks ",
         "checkpoint": f"error: resume: {damaged} is damaged (not a whole checkpoint): delete it, and resume again",
+        "pretraining": f"error: resume: {damaged} is damaged (not a whole checkpoint): delete it, and resume again",
         "autoencoder": f"error: resume: {damaged} is damaged (RuntimeError: ",
     }[damage]
     cmd = [sys.executable, str(ROOT / "train.py"), f"resume='{run}'"]
