@@ -152,7 +152,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "n_clusters": cfg.n_clusters,
         "n_clusters_found": sum(size > 0 for size in sizes),  # fewer when refinement left clusters empty
         # the trainer's, restored from the checkpoint: a run resumed at its last step skips the fit
-        # loop and its on_train_end (dec.steps stayed 0 there until 2026-12-06)
+        # loop and its on_train_end (DECModule's steps buffer, set there, stayed 0 until 2026-12-06)
         "refine_iterations": trainer.global_step,
         "refreshes_of_p": int(dec.n_refresh),
         "stopped_by": "tol" if dec.converged else "max_iters",
@@ -369,6 +369,7 @@ def load_trained(path: str | Path, given: str | None = None) -> DECModule:
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
         hparams, weights = dict(checkpoint["hyper_parameters"]), checkpoint["state_dict"]
+        weights.pop("steps", None)  # a buffer of checkpoints before 2026-12-06, never read
         model_cfg, shape = hparams.pop("model"), hparams.pop("input_shape")
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"

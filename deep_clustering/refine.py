@@ -104,7 +104,6 @@ class DECModule(L.LightningModule):
         self.register_buffer("n_refresh", torch.tensor(0))  # refreshes of P so far
         self.register_buffer("delta_label", torch.tensor(float("nan")))  # labels changed at the last refresh
         self.register_buffer("kmeans_seconds", torch.tensor(0.0))  # time the initializer took in this process
-        self.register_buffer("steps", torch.tensor(0))  # optimizer steps when training ended
         # the loss parts' mean over the steps since the last refresh of P, logged at the next one,
         # rather than through self.log at every step, which costs as much host time as a step
         self.interval_losses = RunningMean()
@@ -141,7 +140,6 @@ class DECModule(L.LightningModule):
             self.p = self.p.to(self.device) if self.p is not None else None
 
     def on_train_end(self) -> None:
-        self.steps.fill_(self.global_step)
         if self.logger is not None:  # the steps after the last refresh (a run that ends at max_iters)
             self.logger.log_metrics(self._interval_means(), step=self.global_step)
 
@@ -216,6 +214,7 @@ class DECModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"].pop("steps", None)  # a buffer of checkpoints before 2026-12-06, never read
         self.p, self.last_labels = checkpoint["dec"]["p"], checkpoint["dec"]["last_labels"]
         if "interval_losses" in checkpoint["dec"]:  # checkpoints written before it was saved have none
             self.interval_losses.load_state_dict(checkpoint["dec"]["interval_losses"])

@@ -76,6 +76,13 @@ def test_load_names_what_is_wrong_with_a_run_folder(pretrained_digits, tmp_path)
         assert str(err.value).startswith(f"DeepClustering.load({str(run)!r}): {message}"), str(err.value)
     model = DeepClustering.load(str(cut / "checkpoints" / "refine" / "last.ckpt"))  # as the error says
     assert model.predict(np.zeros((2, 8, 8))).shape == (2,)
+    # a checkpoint written before 2026-12-06 holds a "steps" buffer the model no longer has: it loads
+    old = torch.load(cut / "checkpoints" / "refine" / "last.ckpt", weights_only=True)
+    old["state_dict"]["steps"] = torch.tensor(1)
+    torch.save(old, tmp_path / "old.ckpt")
+    np.testing.assert_array_equal(
+        DeepClustering.load(str(tmp_path / "old.ckpt")).predict(np.zeros((2, 8, 8))), model.predict(np.zeros((2, 8, 8)))
+    )
 
 
 @pytest.mark.parametrize(
