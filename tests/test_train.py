@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -121,11 +122,20 @@ def test_default_digits_run_reaches_its_accuracy(tmp_path):
         ),
         (["+model.depth=3"], "error: unknown config key 'model.depth'"),
         (["data=image_folder", "data.path={empty}"], "error: data.path={empty}: the folder holds no files"),
+        (  # a Windows zip's Latin-1 name: until 2026-12-06 train.log lost the line ('--- Logging error ---')
+            ["data=image_folder", "data.path={latin1}"],
+            "error: data.path={latin1}: 1 of 3 files are not readable images (set data.on_bad_file=skip to leave "
+            "them out): bad\\udce9.png: not a readable image",
+        ),
     ],
 )
 def test_bad_input_stops_before_training_with_one_line(tmp_path, pretrained_digits, overrides, message):
     (tmp_path / "empty").mkdir()
-    fill = {"pretrained": pretrained_digits, "empty": tmp_path / "empty"}
+    (tmp_path / "latin1").mkdir()
+    for i in range(2):
+        Image.new("L", (8, 8), 100 * i).save(tmp_path / "latin1" / f"{i}.png")
+    (tmp_path / "latin1" / os.fsdecode(b"bad\xe9.png")).write_bytes(b"not an image")
+    fill = {"pretrained": pretrained_digits, "empty": tmp_path / "empty", "latin1": tmp_path / "latin1"}
     proc = run_train(tmp_path / "run", *(o.format(**fill) for o in overrides), check=False)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
