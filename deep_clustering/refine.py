@@ -41,11 +41,17 @@ def stop_rule(n_refresh: int, delta_label: float, tol: float) -> bool:
 
 
 def warn_if_collapsed(sizes: list[int], where: str) -> None:
-    """A warning in the log when one of more than two clusters holds over half the samples; `sizes`: K counts."""
+    """A warning in the log when one of more than two clusters holds over half the samples, or when
+    clusters are empty (for K=2 too, where half is no sign); `sizes`: K counts."""
     largest = max(sizes) / sum(sizes)
-    if largest > 0.5 and len(sizes) > 2:
+    empty = sizes.count(0)
+    if (largest > 0.5 and len(sizes) > 2) or empty:
         log.warning(
-            "%s: collapse? cluster %d holds %.0f%% of the samples", where, sizes.index(max(sizes)), 100 * largest
+            "%s: collapse? cluster %d holds %.0f%% of the samples%s",
+            where,
+            sizes.index(max(sizes)),
+            100 * largest,
+            f"; {empty} of {len(sizes)} clusters are empty" if empty else "",
         )
 
 

@@ -16,7 +16,7 @@ from deep_clustering.errors import InputError
 from deep_clustering.metrics import external_metrics
 from deep_clustering.models import ConvAutoencoder
 from deep_clustering.pretrain import AutoencoderModule
-from deep_clustering.refine import DECModule, stop_rule
+from deep_clustering.refine import DECModule, stop_rule, warn_if_collapsed
 from tests.conftest import free_port, spawn
 
 
@@ -255,3 +255,21 @@ def test_the_stop_rule_needs_two_refreshes_and_fewer_changed_than_tol():
     assert stop_rule(2, 0.0009, 0.001)
     assert not stop_rule(2, 0.001, 0.001)  # fewer than tol, not as many
     assert not stop_rule(5, float("nan"), 0.001)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "warning"),
+    [
+        ([40, 30, 30], None),
+        ([60, 20, 20], "here: collapse? cluster 0 holds 60% of the samples"),
+        ([0, 100, 0], "here: collapse? cluster 1 holds 100% of the samples; 2 of 3 clusters are empty"),
+        ([70, 30], None),  # K=2: a big cluster is no sign
+        (
+            [0, 100],
+            "here: collapse? cluster 1 holds 100% of the samples; 1 of 2 clusters are empty",
+        ),  # until 2026-12-06 unsaid
+    ],
+)
+def test_a_collapse_is_a_warning_for_two_clusters_too(sizes, warning, caplog):
+    warn_if_collapsed(sizes, "here")
+    assert [r.getMessage() for r in caplog.records] == ([warning] if warning else [])
