@@ -20,6 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -181,6 +182,8 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     )
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(cfg).items()}
     logger.log_hyperparams(hparams, {f"hp/{k}": v for k, v in scores.items()})
+    # Lightning's save() keeps the hparams.yaml it wrote first, before any was logged: {} (until 2026-12-06)
+    save_hparams_to_yaml(Path(logger.log_dir) / logger.NAME_HPARAMS_FILE, hparams)
     logger.finalize("success")
     write_metrics(run_dir / runs.FINISHED, metrics)  # last: its presence marks the run finished
     return Result(dec, codes.cpu(), q.cpu(), metrics)

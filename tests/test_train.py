@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -63,6 +64,10 @@ def test_quick_run_leaves_everything_in_its_folder(tmp_path):
         "checkpoints/refine/last.ckpt",
     ]:
         assert (run_dir / path).is_file(), path
+    # the config, flat, as TensorBoard's HParams tab shows it (until 2026-12-06 {})
+    hparams = yaml.safe_load((run_dir / "tensorboard" / "hparams.yaml").read_text())
+    assert hparams["n_clusters"] == 10 and hparams["refine.max_iters"] == 40
+    assert hparams["model.channels"] == "[32, 64, 128]"
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
