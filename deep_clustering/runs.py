@@ -148,18 +148,20 @@ class FreshFolder(Callback):
     interrupted run continues with `resume=` (vetted by `check_resume`), the one way back into a used
     folder; the project's own folders (`dc.run_dir`) are new, or the shared folder of a SLURM or
     torchrun job, which a requeued job continues. Also refuses `hydra.output_subdir=null` for a
-    training run, whose config `resume=` needs, and (`sorts`: predict's data.path) an output folder
-    inside the folder predict sorts."""
+    training run, whose config `resume=` needs, and (`sorts`: data.path) an output folder inside the
+    image folder the run reads."""
 
     def __init__(self, sorts: str | None = None) -> None:
-        self.sorts = sorts  # predict's data.path, which its output may not be inside
+        self.sorts = sorts  # data.path, which the output may not be inside
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.sorts:  # predict: not into the folder it sorts
-            self._outside(Path(self.sorts).expanduser().absolute(), config)
+        if self.sorts:  # not into the image folder the run reads
+            self._outside(Path(self.sorts).expanduser().resolve(), config, "run")
         self._check(config, "run")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.sorts:
+            self._outside(Path(self.sorts).expanduser().resolve(), config, "sweep")
         self._check(config, "sweep")
 
     @staticmethod
@@ -186,22 +188,23 @@ class FreshFolder(Callback):
         hold(folder)
 
     @staticmethod
-    def _outside(source: Path, config: DictConfig) -> None:
-        """Refuse a predict whose output folder is inside the image folder it sorts, `source`: it
-        wrote its files into the user's folder, and a second predict there sorted the first one's
-        copies and contact sheets with the images (until 2026-12-06)."""
+    def _outside(source: Path, config: DictConfig, mode: str) -> None:
+        """Refuse a run whose output folder is inside the image folder it reads, `source` (resolved):
+        it wrote its files into the user's folder, and the next run there read them as images (a
+        training run its sprites, a predict the first one's copies and contact sheets; until
+        2026-12-06, and through a linked folder or `..` until later that day)."""
         if not source.is_dir() or started_for_another_rank():
             return
         HydraConfig.instance().set_config(config)
-        out = Path(config.hydra.run.dir).absolute()  # a new folder (dc.run_dir) is made as it resolves
+        out = Path(config.hydra[mode].dir).resolve()  # a new folder (dc.run_dir) is made as it resolves
         if out.is_relative_to(source):
             for empty in (out, *out.parents):  # the new folder, made just now, goes again
                 if empty == source or not empty.is_dir() or any(empty.iterdir()):
                     break
                 empty.rmdir()
             sys.exit(
-                f"error: hydra.run.dir={out} is inside data.path={source}: predict would write into the folder "
-                "it sorts; run it from another folder, or give hydra.run.dir=FOLDER outside it"
+                f"error: hydra.{mode}.dir={out} is inside data.path={source}: the run would write into the "
+                f"image folder it reads; run it from another folder, or give hydra.{mode}.dir=FOLDER outside it"
             )
 
 

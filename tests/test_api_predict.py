@@ -230,7 +230,13 @@ def test_predict_command_sorts_a_folder(pretrained_digits, tmp_path):
     # an output folder inside the image folder (predict started there, or hydra.run.dir=IMAGES/sorted):
     # until 2026-12-06 it wrote there, and a second predict sorted the first one's copies with the images
     listed = sorted(folder.rglob("*"))
-    for args in ([f"hydra.run.dir={folder / 'sorted'}"], ["data.path=."]):  # the latter: predictions/DATE/TIME
+    (tmp_path / "link").symlink_to(folder)  # through a linked folder or '..': until later on 2026-12-06 let by
+    for args in (
+        [f"hydra.run.dir={folder / 'sorted'}"],
+        ["data.path=."],  # predictions/DATE/TIME
+        [f"data.path={tmp_path / 'link'}", f"hydra.run.dir={folder / 'sorted'}"],
+        [f"data.path={tmp_path / 'out' / '..' / 'new'}", f"hydra.run.dir={folder / 'sorted'}"],
+    ):
         cmd = [
             sys.executable,
             "-m",
@@ -241,7 +247,7 @@ def test_predict_command_sorts_a_folder(pretrained_digits, tmp_path):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run([*cmd, *args], cwd=folder, capture_output=True, text=True, timeout=600, env=env)
         said = proc.stderr.strip().splitlines()[-1]
-        assert said.startswith("error: hydra.run.dir=") and f"is inside data.path={folder}: predict would" in said, said
+        assert said.startswith("error: hydra.run.dir=") and f"is inside data.path={folder}: the run would" in said, said
         assert sorted(folder.rglob("*")) == listed  # nothing written there, not even the new folder
 
 
