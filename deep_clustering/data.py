@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from deep_clustering.config import is_whole
 from deep_clustering.errors import InputError
 
 log = logging.getLogger("deep_clustering")
@@ -237,6 +238,8 @@ def load_digits() -> ImageSet:
 def load_npz(path: str, split: str = "all", pixel_range: tuple[float, float] | None = None) -> ImageSet:
     """An .npz with `x_train` (and `y_train`), optionally `x_test` / `y_test`; `pixel_range` as in
     `from_arrays` (a trained model's, for prediction)."""
+    if not path:  # null, or ''
+        raise InputError(f"data.path={'null' if path is None else repr(path)}: give the .npz file")
     file = Path(path).expanduser()
     if not file.is_file():
         raise InputError(f"data.path={path}: no such file")
@@ -270,12 +273,21 @@ def load_torchvision(name: str, root: str = "data", split: str = "all", download
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, name)
+    made = [Path(root).expanduser(), Path(root).expanduser() / name, Path(root).expanduser() / name / "raw"]
+    made = [folder for folder in made if not folder.exists()]  # what a failed download would leave empty
 
     def part(train: bool) -> tuple:
         try:
             ds = cls(root=root, train=train, download=download)
         except (RuntimeError, OSError) as e:
-            raise InputError(f"data.root={root}: cannot load {name} ({e})") from None
+            for folder in reversed(made):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            # torchvision's reason spans lines (each mirror tried): one line (until 2026-12-06 its first alone)
+            raise InputError(
+                f"data.root={root}: cannot load {name} ({' '.join(str(e).split())}); without a network, "
+                f"put its files in data.root first, or give the arrays as data=npz data.path=FILE.npz"
+            ) from None
         return np.asarray(ds.data), np.asarray(ds.targets)
 
     if split not in SPLITS:
@@ -307,6 +319,13 @@ def load_image_folder(
     folder's files, sizes and times are unchanged) and reads batches from it with `loader_workers`
     DataLoader processes, for folders larger than memory.
     """
+    for key, value, least in (("workers", workers, 1), ("loader_workers", loader_workers, 0)):
+        if not (is_whole(value) and value >= least):  # torch's traceback at the first batch (until 2026-12-06)
+            raise InputError(f"data.{key}={value!r} must be a whole number, at least {least}")
+    if not path:  # null, or '': Path('') is the current folder, not what an empty value means
+        raise InputError(
+            f"data.path={'null' if path is None else repr(path)}: give the image folder (. for the current one)"
+        )
     root = Path(path).expanduser()
     if not root.is_dir():
         what = "a file, not a folder (data=npz reads .npz files)" if root.is_file() else "no such folder"

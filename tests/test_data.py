@@ -16,6 +16,7 @@ from deep_clustering.data import (
     load_digits,
     load_image_folder,
     load_npz,
+    load_torchvision,
 )
 from deep_clustering.errors import InputError
 from deep_clustering.models import ConvAutoencoder
@@ -414,3 +415,23 @@ def test_a_file_name_that_is_not_utf8_is_read_cached_and_written_back_as_its_byt
     write_skipped(tmp_path, data.skipped)
     assert b"\xe9t\xe9.png,0," in (tmp_path / "p.csv").read_bytes()
     assert b"bad\xe9.png" in (tmp_path / "skipped_files.txt").read_bytes()
+
+
+def test_a_data_set_that_cannot_be_downloaded_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class Offline:  # what torchvision's MNIST does without a network: makes root/MNIST/raw, tries each mirror
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            os.makedirs(os.path.join(root, "MNIST", "raw"))
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n<no network>\n")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    with pytest.raises(InputError) as e:
+        load_torchvision("MNIST", root=str(tmp_path / "data"))
+    # until 2026-12-06 its first line alone, 'cannot load MNIST (Error downloading train-images-idx3-ubyte.gz:'
+    assert str(e.value) == (
+        f"data.root={tmp_path / 'data'}: cannot load MNIST (Error downloading train-images-idx3-ubyte.gz: Tried "
+        "https://a/, got: <no network>); without a network, put its files in data.root first, or give the arrays "
+        "as data=npz data.path=FILE.npz"
+    )
+    assert list(tmp_path.iterdir()) == []  # the folders the attempt made are gone

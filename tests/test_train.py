@@ -201,6 +201,42 @@ def test_a_tiny_data_set_runs_to_the_end_and_says_what_happened(tmp_path):
     assert "the final clustering: collapse? cluster" in (tmp_path / "run" / "train.log").read_text()
 
 
+def test_a_run_whose_output_would_be_inside_its_image_folder_is_refused(tmp_path):
+    # started in the folder (data.path=.): until 2026-12-06 a second run read the first's sprites and
+    # checkpoints as images (with on_bad_file=skip, trained on them)
+    images = tmp_path / "images"
+    for i in range(4):
+        (images / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), 60 * i).save(images / f"c{i % 2}" / f"{i}.png")
+    (tmp_path / "link").symlink_to(images)
+    listed = sorted(images.rglob("*"))
+    for args, mode in [
+        (["data.path=."], "run"),  # outputs/DATE/TIME in the folder
+        ([f"data.path={tmp_path / 'link'}", f"hydra.run.dir={images / 'run'}"], "run"),
+        (["data.path=.", "seed=0,1", "-m"], "sweep"),
+    ]:
+        cmd = [sys.executable, str(ROOT / "train.py"), "data=image_folder", *args]
+        proc = subprocess.run(cmd, cwd=images, capture_output=True, text=True, timeout=600)
+        said = proc.stderr.strip().splitlines()[-1]
+        assert said.startswith(f"error: hydra.{mode}.dir={images}/"), said
+        assert f"is inside data.path={images}: the run would write into the image folder it reads" in said, said
+        assert sorted(images.rglob("*")) == listed  # nothing written there, not even the new folder
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [  # until 2026-12-06: Hydra's TypeError, the launch folder read as the images, torch's traceback
+        ("data.path=null", "error: data.path=null: give the image folder (. for the current one)"),
+        ("data.path=", "error: data.path='': give the image folder (. for the current one)"),
+        ("data.loader_workers=-1", "error: data.loader_workers=-1 must be a whole number, at least 0"),
+    ],
+)
+def test_an_image_folder_setting_without_a_use_is_one_line(tmp_path, setting, message):
+    (tmp_path / "images").mkdir()
+    proc = run_train(tmp_path / "run", "data=image_folder", f"data.path={tmp_path / 'images'}", setting, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == message, proc.stderr[-2000:]
+
+
 def test_image_folder_run_names_the_files(tmp_path):
     digits = load_digits()
     for i in range(200):
