@@ -200,6 +200,39 @@ def test_experiment_presets_compose_and_instantiate(name):
     assert header.startswith("# ") and " on " in header  # each preset names its method and data
 
 
+# DEC-DA's run_exp.py, which gives the paper's Table 3: SGD (lr 0.01 / 1, momentum 0.9) for FcDEC-DA / FcIDEC-DA,
+# Adam for the conv methods, P every 140 steps on MNIST and Fashion-MNIST and every 30 on USPS and MNIST-test.
+# Until 2026-12-06 every DA recipe refreshed P every 140 steps and FcDEC-DA / FcIDEC-DA refined with Adam.
+RUN_EXP_REFINE = {
+    "dec_da": ("SGD", 0.01),
+    "idec_da": ("SGD", 1.0),
+    "convdec_da": ("Adam", 0.001),
+    "dcec_da": ("Adam", 0.001),
+}
+
+
+@pytest.mark.parametrize("method", sorted(RUN_EXP_REFINE))
+@pytest.mark.parametrize("data", ["mnist", "mnist_test", "usps", "fashion_mnist"])
+def test_dec_da_recipes_refine_as_run_exp_does(method, data):
+    cfg = checked(f"experiment={method}_{data}")
+    assert cfg.refine.update_interval == (140 if data in ("mnist", "fashion_mnist") else 30)
+    optimizer, lr = RUN_EXP_REFINE[method]
+    assert cfg.refine.optimizer._target_ == f"torch.optim.{optimizer}" and cfg.refine.optimizer.lr == lr
+    if optimizer == "SGD":
+        assert cfg.refine.optimizer.momentum == 0.9
+
+
+@pytest.mark.parametrize("name", [n for n in options("experiment") if n.startswith(("dcec_", "convdec_da_"))])
+def test_conv_recipes_pad_the_third_convolution_as_dcec(name):
+    # DCEC's ConvAE.py and DEC-DA's ConvDEC.py: pad3 = 'same' if the side is a multiple of 8, else 'valid';
+    # until 2026-12-06 the USPS recipes (16x16) pinned 'valid', a 1x1x128 bottom where Keras' has 2x2x128
+    cfg = checked(f"experiment={name}")
+    usps = cfg.data.get("name") == "USPS"
+    assert list(cfg.model.paddings) == ([2, 2, 1] if usps else [2, 2, 0])
+    model = instantiate(cfg.model, in_channels=1, image_size=(16, 16) if usps else (28, 28), _convert_="all")
+    assert model.encoder[-1].in_features == 128 * (2 * 2 if usps else 3 * 3)
+
+
 def test_printing_the_resolved_config_makes_no_folder(tmp_path):
     # until 2026-12-06 --cfg all --resolve made empty outputs/ and multirun/ folders, and --cfg hydra
     # --resolve ended in a traceback (`resume` is not in Hydra's own node)

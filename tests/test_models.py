@@ -16,7 +16,7 @@ def test_conv_autoencoder_gives_back_the_input_shape(shape):
 
 @pytest.mark.parametrize(("size", "bottom"), [((28, 28), (3, 3)), ((16, 16), (1, 1))])
 def test_conv_autoencoder_with_dcec_paddings(size, bottom):
-    ae = ConvAutoencoder(1, size, paddings=(2, 2, 0))  # 'same', 'same', 'valid' as in DCEC
+    ae = ConvAutoencoder(1, size, paddings=(2, 2, 0))  # 'same', 'same', 'valid': DCEC's at 28x28, not at 16x16
     assert ae.encoder[-1].in_features == 128 * bottom[0] * bottom[1]
     x = torch.rand(2, 1, *size)
     assert ae(x)[1].shape == x.shape
