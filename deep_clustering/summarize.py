@@ -2,7 +2,8 @@
 
 Reads every job's metrics.json and .hydra/overrides.yaml, groups the jobs by their overrides
 (all but the ones averaged over: `seed`, and the keys --over names), and writes summary.csv and summary.md into the
-sweep folder: mean +- std, min and max of each metric per group, best group first.
+sweep folder: mean +- std, min and max of each metric per group, best group first, and the runs a
+metric is over where some report none (null or NaN: a silhouette with one cluster found).
 """
 
 import argparse
@@ -48,7 +49,8 @@ def collect(sweep_dir: Path) -> list[dict]:
 
 def summarize(rows: list[dict], metric: str, over: tuple[str, ...] = ("seed",)) -> list[dict]:
     """Groups of jobs that differ only in the `over` keys, with mean, std, min and max of each
-    metric, sorted best first by `metric`."""
+    metric and the runs it is over (fewer than the group's where a run reports none), sorted best
+    first by `metric`."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         key = tuple(sorted((k, v) for k, v in row["settings"].items() if k not in over))
@@ -64,10 +66,16 @@ def summarize(rows: list[dict], metric: str, over: tuple[str, ...] = ("seed",)) 
                     "std": statistics.stdev(values) if len(values) > 1 else None,  # none for one run
                     "min": min(values),
                     "max": max(values),
+                    "runs": len(values),  # the group's runs that report it
                 }
         table.append(entry)
     sign = 1 if metric in LOWER_IS_BETTER else -1
     return sorted(table, key=lambda e: sign * e[metric]["mean"] if metric in e else math.inf)
+
+
+def reported(entry: dict, metric: str) -> int:
+    """How many of a group's runs report the metric (not null, not NaN)."""
+    return entry[metric]["runs"] if metric in entry else 0
 
 
 def varying(table: list[dict]) -> tuple[list[str], dict]:
@@ -92,6 +100,8 @@ def to_markdown(table: list[dict], metric: str) -> str:
                 cells.append(f"{s['mean']:.4f}")
             else:
                 cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.4f}, {s['max']:.4f}]")
+            if s is not None and s["runs"] < e["n"]:  # some runs report none: say over how many
+                cells[-1] += f" ({s['runs']} of {e['n']} runs)"
         lines.append("| " + " | ".join(cells) + " |")
     order = "lowest" if metric in LOWER_IS_BETTER else "highest"
     shared = " ".join(f"{k}={v}" for k, v in common.items())
@@ -102,14 +112,20 @@ def to_markdown(table: list[dict], metric: str) -> str:
 def write(table: list[dict], metric: str, sweep_dir: Path) -> None:
     keys = sorted({k for e in table for k in e["settings"]})
     shown = [m for m in METRICS if any(m in e for e in table)]  # no acc columns without labels
+    # a metric's own count of runs only where some group's runs do not all report it
+    columns = [
+        (m, s)
+        for m in shown
+        for s in ("mean", "std", "min", "max", "runs")
+        if s != "runs" or any(reported(e, m) < e["n"] for e in table)
+    ]
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         out = csv.writer(f)
-        stats = [f"{m}_{s}" for m in shown for s in ("mean", "std", "min", "max")]
-        out.writerow([*keys, "runs", *stats])
+        out.writerow([*keys, "runs", *(f"{m}_{s}" for m, s in columns)])
         for e in table:
             cells = [e["settings"].get(k, "") for k in keys] + [e["n"]]
             cells += [
-                e[m][s] if m in e and e[m][s] is not None else "" for m in shown for s in ("mean", "std", "min", "max")
+                reported(e, m) if s == "runs" else "" if m not in e or e[m][s] is None else e[m][s] for m, s in columns
             ]
             out.writerow(cells)
     (sweep_dir / "summary.md").write_text(to_markdown(table, metric))
@@ -147,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     if found:  # the fewest to the most over the group's runs
         spread = f"{found['min']:g}" + (f" to {found['max']:g}" if found["max"] > found["min"] else "")
         occupied = f"; {spread} clusters occupied"
-    print(f"best: {setting}  {metric} {best[metric]['mean']:.4f} over {best['n']} run(s){occupied}")
+    runs = reported(best, metric)
+    over = f"{runs} of {best['n']}" if runs < best["n"] else str(runs)  # the group's runs that report it
+    print(f"best: {setting}  {metric} {best[metric]['mean']:.4f} over {over} run(s){occupied}")
     print(f"wrote {args.sweep_dir / 'summary.csv'} and {args.sweep_dir / 'summary.md'}")
 
 

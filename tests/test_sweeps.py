@@ -97,6 +97,30 @@ def test_summary_averages_over_seed_and_the_keys_over_names(tmp_path, capsys):
         assert next(r for r in csv.DictReader(f) if r["n_clusters"] == "5")["acc_std"] == ""
 
 
+def test_summary_says_over_how_many_runs_a_metric_is(tmp_path, capsys):
+    # no labels; seed 1 collapsed to one cluster: its internal scores are NaN, null in metrics.json
+    scores = [
+        {"silhouette": 0.4737, "davies_bouldin": 0.8112, "calinski_harabasz": 412.5, "n_clusters_found": 10},
+        {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None, "n_clusters_found": 1},
+    ]
+    for seed, metrics in enumerate(scores):
+        (tmp_path / str(seed) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(seed) / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
+        (tmp_path / str(seed) / "metrics.json").write_text(json.dumps({**metrics, "seconds": {"total": 1.0}}))
+    summarize([str(tmp_path)])
+    out = capsys.readouterr().out
+    # until 2026-12-06 "| 2 | 0.4737 | ...": the lone run's value as the group's, over "2 run(s)"
+    assert "| 2 | 0.4737 (1 of 2 runs) | 0.8112 (1 of 2 runs) | 412.5000 (1 of 2 runs) | 5.5000 ± 6.3640" in out, out
+    assert (
+        out.splitlines()[-2]
+        == "best: (no settings varied)  silhouette 0.4737 over 1 of 2 run(s); 1 to 10 clusters occupied"
+    )
+    with open(tmp_path / "summary.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert row["runs"] == "2" and row["silhouette_runs"] == "1" and row["silhouette_std"] == ""
+    assert "n_clusters_found_runs" not in row  # every run reports it: no column
+
+
 def test_k_sweep_finds_the_true_number_of_clusters(tmp_path, capsys):
     # four well-separated 8x8 prototypes, 60 noisy copies each, no labels
     gen = np.random.default_rng(0)
