@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"error: no finished runs (metrics.json) under {args.sweep_dir}\n")
     metric = args.metric or ("acc" if all("acc" in r["metrics"] for r in rows) else "silhouette")
     if not any(metric in r["metrics"] for r in rows):
-        parser.exit(2, f"error: --metric {metric}: no run reports it (known: {', '.join(METRICS)})\n")
+        names = ", ".join(m for m in METRICS if any(m in r["metrics"] for r in rows))  # acc only with labels
+        parser.exit(2, f"error: --metric {metric}: no run reports it (the runs report: {names})\n")
     unknown = [k for k in args.over if not any(k in r["settings"] for r in rows)]
     if unknown:
         known = sorted({k for r in rows for k in r["settings"]})

@@ -119,6 +119,12 @@ def test_summary_says_over_how_many_runs_a_metric_is(tmp_path, capsys):
         (row,) = csv.DictReader(f)
     assert row["runs"] == "2" and row["silhouette_runs"] == "1" and row["silhouette_std"] == ""
     assert "n_clusters_found_runs" not in row  # every run reports it: no column
+    # a metric no run reports is refused with the ones they do (until 2026-12-06 the fixed list, acc first)
+    with pytest.raises(SystemExit, match="2"):
+        summarize([str(tmp_path), "--metric", "acc"])
+    said = capsys.readouterr().err
+    assert "error: --metric acc: no run reports it (the runs report: silhouette, davies_bouldin, " in said
+    assert "calinski_harabasz, n_clusters_found, seconds)" in said
 
 
 def test_k_sweep_finds_the_true_number_of_clusters(tmp_path, capsys):
