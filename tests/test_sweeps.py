@@ -184,3 +184,32 @@ def test_slurm_launcher_config_composes():
         )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.tasks_per_node == 4 and cfg.hydra.launcher.gpus_per_node == 4
+
+
+# the refreshes of P that seed 0 of `benchmarks/seeds.py -- data=npz data.path=MNIST_1000.npz pretrain.epochs=2
+# refine.max_iters=150 refine.update_interval=5 refine.tol=0.01 init.manifold=none baselines=[]` logged
+# (the first 1,000 MNIST test images; steps 0, 5, ..., 145: delta_label from the second on), and its metrics.json
+DELTA = [0.913, 0.28, 0.467, 0.204, 0.286, 0.412, 0.538, 0.38, 0.34, 0.177, 0.156, 0.12, 0.108, 0.107, 0.13]
+DELTA += [0.067, 0.112, 0.049, 0.079, 0.112, 0.049, 0.228, 0.035, 0.058, 0.091, 0.068, 0.096, 0.039, 0.062]
+ACC = [0.209, 0.24, 0.241, 0.239, 0.238, 0.236, 0.233, 0.244, 0.243, 0.252, 0.255, 0.26, 0.257, 0.263, 0.265]
+ACC += [0.261, 0.257, 0.262, 0.262, 0.264, 0.266, 0.261, 0.261, 0.264, 0.264, 0.262, 0.262, 0.266, 0.264, 0.27]
+MAX_ITERS_RUN = {"acc": 0.269, "nmi": 0.1726, "ari": 0.1226, "refine_iterations": 150, "stopped_by": "max_iters"}
+
+
+def test_tol_benchmark_ends_a_run_that_no_refresh_stops_at_max_iters():
+    from benchmarks.tol import disagrees, outcome, stop  # Lightning only in the test that needs it
+
+    steps = range(0, 150, 5)
+    found = {"refine/delta_label": dict(zip(steps[1:], DELTA)), "val/acc": dict(zip(steps, ACC))}
+    found |= {"val/nmi": {90: 0.153}, "val/ari": {90: 0.1126}}  # read at the refresh a tol stops at only
+    # no refresh had fewer than 1% of the labels changed: max_iters stopped it, at step 150, 5 steps after
+    # the last refresh (until 2026-12-06: step 145 with that refresh's ACC 0.270, and no check against metrics.json)
+    assert stop(found, 0.01) is None
+    assert outcome(found, MAX_ITERS_RUN, 0.01) == {"steps": 150, "acc": 0.269, "nmi": 0.1726, "ari": 0.1226}
+    assert disagrees(found, MAX_ITERS_RUN, 0.01) is None
+    # a larger tol stops it at the refresh after the first with fewer than 5% changed (step 90: 4.9%)
+    assert outcome(found, MAX_ITERS_RUN, 0.05) == {"steps": 90, "acc": 0.262, "nmi": 0.153, "ari": 0.1126}
+    # logs that do not give back the run's own end are said
+    said = disagrees(found, MAX_ITERS_RUN, 0.05)
+    assert said == "its logs stop at step 90 (tol, ACC 0.2620), its metrics.json at 150 (max_iters, ACC 0.2690)"
+    assert disagrees(found, {**MAX_ITERS_RUN, "stopped_by": "tol"}, 0.01).startswith("its logs stop at step 150 (max")
