@@ -46,9 +46,9 @@ def refreshes(run: Path) -> dict[str, dict[int, float]]:
 def stop(found: dict[str, dict[int, float]], tol: float) -> int | None:
     """The step of the refresh at which a run with this tol stops: the first after the first with
     fewer than tol of the labels changed, or None if no logged refresh meets it (max_iters stops it)."""
-    delta = found["refine/delta_label"]
-    steps = sorted(delta)
-    return next((s for n, s in enumerate(steps, 1) if stop_rule(n, delta[s], tol)), None)
+    delta = found["refine/delta_label"]  # from the second refresh on (logs before 2026-12-06: 0 at the first)
+    steps = sorted(found["val/acc"])  # every refresh: the n-th refresh of P is the n-th of these
+    return next((s for n, s in enumerate(steps, 1) if s in delta and stop_rule(n, delta[s], tol)), None)
 
 
 def outcome(found: dict[str, dict[int, float]], ran: dict, tol: float) -> dict[str, float]:

@@ -209,6 +209,9 @@ def test_tol_benchmark_ends_a_run_that_no_refresh_stops_at_max_iters():
     assert disagrees(found, MAX_ITERS_RUN, 0.01) is None
     # a larger tol stops it at the refresh after the first with fewer than 5% changed (step 90: 4.9%)
     assert outcome(found, MAX_ITERS_RUN, 0.05) == {"steps": 90, "acc": 0.262, "nmi": 0.153, "ari": 0.1126}
+    # the second refresh (the first with labels to compare) can stop it: 91% changed, under a tol of 95%
+    # (until 2026-12-06 counted as the first, whose delta_label is not logged: the third, step 10)
+    assert stop(found, 0.95) == 5
     # logs that do not give back the run's own end are said
     said = disagrees(found, MAX_ITERS_RUN, 0.05)
     assert said == "its logs stop at step 90 (tol, ACC 0.2620), its metrics.json at 150 (max_iters, ACC 0.2690)"
