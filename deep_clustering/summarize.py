@@ -40,7 +40,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
         metrics = json.loads(metrics_file.read_text())
         values = {m: metrics[m] for m in METRICS if isinstance(metrics.get(m), (int, float))}
-        # the job's own time: a sweep's first job also imported torch and Lightning
+        # the job's own time, each job's startup left out alike: the first job's also holds the imports
         values["seconds"] = metrics["seconds"]["total"] - metrics["seconds"].get("startup", 0.0)
         settings = dict(setting(o) for o in overrides if "=" in o)
         rows.append({"job": str(job.relative_to(sweep_dir)), "settings": settings, "metrics": values})
