@@ -146,7 +146,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     # 5. export
     if not trainer.is_global_zero:
         return None
-    seconds["total"] = time.perf_counter() - started
+    start = time.perf_counter()
     metrics = {
         **scores,
         "n_samples": len(data),
@@ -185,6 +185,10 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     # Lightning's save() keeps the hparams.yaml it wrote first, before any was logged: {} (until 2026-12-06)
     save_hparams_to_yaml(Path(logger.log_dir) / logger.NAME_HPARAMS_FILE, hparams)
     logger.finalize("success")
+    # the export too (the TensorBoard views' t-SNE: seconds; until 2026-12-06 total ended before it)
+    seconds["export"] = time.perf_counter() - start
+    seconds["total"] = time.perf_counter() - started
+    metrics["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     write_metrics(run_dir / runs.FINISHED, metrics)  # last: its presence marks the run finished
     return Result(dec, codes.cpu(), q.cpu(), metrics)
 
