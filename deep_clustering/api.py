@@ -133,7 +133,7 @@ class DeepClustering(BaseEstimator):
         self, given = cls(device=device), f"DeepClustering.load({str(path)!r})"
         self.model_ = pipeline.load_trained(path, given)
         self.n_clusters = self.model_.hparams.n_clusters
-        folder = Path(path).expanduser()
+        folder = Path(path).expanduser().absolute()  # as a fit sets it (until 2026-12-06 as given)
         if (folder / runs.FINISHED).is_file():  # a run's folder: as a fit leaves them (not labels_: no data here)
             try:
                 self.run_dir_, self.metrics_ = folder, json.loads((folder / runs.FINISHED).read_text())

@@ -282,15 +282,22 @@ def trained_checkpoint(path: str | Path, given: str | None = None) -> Path:
         raise InputError(f"{given}: no such file or folder")
     if file.is_dir():
         model = file / "checkpoints" / "refine" / "last.ckpt"
-        if not (file / FINISHED).is_file() and model.is_file():
+        started = model.is_file() or (file / CONFIG).is_file() or (file / "checkpoints").is_dir()
+        if not (file / FINISHED).is_file() and started:
             again = (  # a command-line run has its Hydra config; a DeepClustering.fit's has not
                 f"python train.py {override('resume', path)}"
                 if (file / CONFIG).is_file()
                 else f"DeepClustering(..., run_dir={str(path)!r}).fit(X) on the same X"
             )
+            # stopped before refinement saved a model (in pretraining): no model to offer (until
+            # 2026-12-06 "neither a finished run's folder nor a refinement checkpoint")
             raise InputError(
-                f"{given}: that run has not finished (no {FINISHED}): continue it with "
-                f"{again}, or give its checkpoints/refine/last.ckpt for the model as last saved"
+                f"{given}: that run has not finished (no {FINISHED}): continue it with {again}"
+                + (
+                    ", or give its checkpoints/refine/last.ckpt for the model as last saved"
+                    if model.is_file()
+                    else "; it stopped before refinement saved a model"
+                )
             )
         if (file / FINISHED).is_file() and not model.is_file():
             raise InputError(f"{given}: a finished run's folder without its model ({model} is missing)")

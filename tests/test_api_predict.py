@@ -58,12 +58,20 @@ def test_estimator_fit_predict_transform_load(digits, tmp_path):
 def test_load_names_what_is_wrong_with_a_run_folder(pretrained_digits, tmp_path):
     # until 2026-12-06 a cut-short metrics.json was a JSONDecodeError traceback, and a finished run
     # without its model was "neither a finished run's folder ..." under the command line's checkpoint=
-    cut, no_model = tmp_path / "cut", tmp_path / "no_model"
-    for run in (cut, no_model):
+    cut, no_model, pretraining = tmp_path / "cut", tmp_path / "no_model", tmp_path / "pretraining"
+    for run in (cut, no_model, pretraining):
         shutil.copytree(pretrained_digits, run, ignore=shutil.ignore_patterns("tensorboard"))
     (cut / "metrics.json").write_text((cut / "metrics.json").read_text()[:50])
     (no_model / "checkpoints" / "refine" / "last.ckpt").unlink()
+    # a run stopped in pretraining: until 2026-12-06 "neither a finished run's folder ..."
+    for done in ("metrics.json", "autoencoder.pt", "checkpoints/refine"):
+        shutil.rmtree(pretraining / done) if (pretraining / done).is_dir() else (pretraining / done).unlink()
     for run, message in [
+        (
+            pretraining,
+            f"that run has not finished (no metrics.json): continue it with python train.py resume={pretraining}; "
+            "it stopped before refinement saved a model",
+        ),
         (cut, f"{cut / 'metrics.json'} is damaged (Expecting"),
         (
             no_model,
@@ -75,6 +83,8 @@ def test_load_names_what_is_wrong_with_a_run_folder(pretrained_digits, tmp_path)
             DeepClustering.load(str(run))
         assert str(err.value).startswith(f"DeepClustering.load({str(run)!r}): {message}"), str(err.value)
     model = DeepClustering.load(str(cut / "checkpoints" / "refine" / "last.ckpt"))  # as the error says
+    run_dir = DeepClustering.load(os.path.relpath(pretrained_digits)).run_dir_  # absolute, as a fit's (it was as given)
+    assert run_dir.is_absolute() and run_dir.resolve() == pretrained_digits.resolve()
     assert model.predict(np.zeros((2, 8, 8))).shape == (2,)
     # a checkpoint written before 2026-12-06 holds a "steps" buffer the model no longer has: it loads
     old = torch.load(cut / "checkpoints" / "refine" / "last.ckpt", weights_only=True)
