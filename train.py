@@ -12,6 +12,7 @@ START = time.perf_counter()
 
 import gc
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def main(cfg: DictConfig) -> float:
                 log.error(message)
                 raise CompactHydraException(message) from None
             runs.log_to_file(log, message)  # train.log keeps it; the console gets it once, below
+            subdir = HydraConfig.get().output_subdir or ""
+            if isinstance(cause, InputError) and subdir.startswith(".hydra/resumed-"):
+                shutil.rmtree(
+                    run_dir / subdir
+                )  # a refused resume= leaves no config of its own (it did until 2026-12-06)
             sys.exit(message)
         runs.log_to_file(log, f"error: {type(e).__name__}: {e}", error=e)  # a fault of ours: its traceback too
         raise

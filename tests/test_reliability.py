@@ -459,6 +459,7 @@ def test_a_damaged_run_is_named_in_one_line(pretrained_digits, tmp_path, damage)
     cmd = [sys.executable, str(ROOT / "train.py"), f"resume='{run}'"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+    assert not list((run / ".hydra").glob("resumed-*"))  # the refused resume= left no config (until 2026-12-06 it did)
 
 
 def no_locks(code: int, *args) -> None:
