@@ -39,6 +39,7 @@ def main(cfg: DictConfig) -> float:
     START = None  # each later job of a multirun starts its clock when it starts
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     runs.back_to_launch_dir()
+    runs.log_any_file_name()
     runs.say_when_stopped(run_dir)
     if runs.started_for_another_rank():  # the first process says what the run does; the others, errors only
         log.setLevel(logging.ERROR)

@@ -235,12 +235,18 @@ def load_digits() -> ImageSet:
     return from_arrays(d.images.astype(np.float32) / 16.0, d.target, "sklearn digits")
 
 
+def given_path(path: str | None, what: str) -> Path:
+    """data.path as a Path; null or '' refused (until 2026-12-06 Hydra's TypeError, and Path(''), the
+    current folder, which an empty value does not mean)."""
+    if not path:
+        raise InputError(f"data.path={'null' if path is None else repr(path)}: give {what}")
+    return Path(path).expanduser()
+
+
 def load_npz(path: str, split: str = "all", pixel_range: tuple[float, float] | None = None) -> ImageSet:
     """An .npz with `x_train` (and `y_train`), optionally `x_test` / `y_test`; `pixel_range` as in
     `from_arrays` (a trained model's, for prediction)."""
-    if not path:  # null, or ''
-        raise InputError(f"data.path={'null' if path is None else repr(path)}: give the .npz file")
-    file = Path(path).expanduser()
+    file = given_path(path, "the .npz file")
     if not file.is_file():
         raise InputError(f"data.path={path}: no such file")
     if not zipfile.is_zipfile(file):
@@ -273,20 +279,21 @@ def load_torchvision(name: str, root: str = "data", split: str = "all", download
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, name)
-    made = [Path(root).expanduser(), Path(root).expanduser() / name, Path(root).expanduser() / name / "raw"]
-    made = [folder for folder in made if not folder.exists()]  # what a failed download would leave empty
+    folder = Path(root).expanduser()
+    files = folder if name == "USPS" else folder / name / "raw"  # where torchvision reads the files
+    made = [f for f in (folder, folder / name, folder / name / "raw") if not f.exists()]  # left empty if it fails
 
     def part(train: bool) -> tuple:
         try:
             ds = cls(root=root, train=train, download=download)
         except (RuntimeError, OSError) as e:
-            for folder in reversed(made):
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+            for empty in reversed(made):
+                if empty.is_dir() and not any(empty.iterdir()):
+                    empty.rmdir()
             # torchvision's reason spans lines (each mirror tried): one line (until 2026-12-06 its first alone)
             raise InputError(
                 f"data.root={root}: cannot load {name} ({' '.join(str(e).split())}); without a network, "
-                f"put its files in data.root first, or give the arrays as data=npz data.path=FILE.npz"
+                f"put its files in {files} first, or give the arrays as data=npz data.path=FILE.npz"
             ) from None
         return np.asarray(ds.data), np.asarray(ds.targets)
 
@@ -319,14 +326,12 @@ def load_image_folder(
     folder's files, sizes and times are unchanged) and reads batches from it with `loader_workers`
     DataLoader processes, for folders larger than memory.
     """
+    # checked here, not in config.RULES, for predict's image folders too (torch's traceback at the
+    # first batch until 2026-12-06)
     for key, value, least in (("workers", workers, 1), ("loader_workers", loader_workers, 0)):
-        if not (is_whole(value) and value >= least):  # torch's traceback at the first batch (until 2026-12-06)
+        if not (is_whole(value) and value >= least):
             raise InputError(f"data.{key}={value!r} must be a whole number, at least {least}")
-    if not path:  # null, or '': Path('') is the current folder, not what an empty value means
-        raise InputError(
-            f"data.path={'null' if path is None else repr(path)}: give the image folder (. for the current one)"
-        )
-    root = Path(path).expanduser()
+    root = given_path(path, "the image folder (. for the current one)")
     if not root.is_dir():
         what = "a file, not a folder (data=npz reads .npz files)" if root.is_file() else "no such folder"
         raise InputError(f"data.path={path}: {what}")

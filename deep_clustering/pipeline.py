@@ -157,7 +157,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "refine_iterations": trainer.global_step,
         "refreshes_of_p": int(dec.n_refresh),
         "stopped_by": "tol" if dec.converged else "max_iters",
-        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "seconds": None,  # filled in last, with the export's
         "device": _device_name(device),
         "processes": trainer.world_size,
         "cuda_graphs": graphs.replayed(dec),  # refinement's steps replayed

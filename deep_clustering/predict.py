@@ -105,6 +105,7 @@ def predict(cfg: DictConfig, out: Path) -> dict:
 def main(cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     runs.back_to_launch_dir()
+    runs.log_any_file_name()
     try:
         counts = predict(cfg, out)
     except Exception as e:

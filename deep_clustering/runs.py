@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -148,20 +149,25 @@ class FreshFolder(Callback):
     interrupted run continues with `resume=` (vetted by `check_resume`), the one way back into a used
     folder; the project's own folders (`dc.run_dir`) are new, or the shared folder of a SLURM or
     torchrun job, which a requeued job continues. Also refuses `hydra.output_subdir=null` for a
-    training run, whose config `resume=` needs, and (`sorts`: data.path) an output folder inside the
+    training run, whose config `resume=` needs, and (`reads`: data.path) an output folder inside the
     image folder the run reads."""
 
-    def __init__(self, sorts: str | None = None) -> None:
-        self.sorts = sorts  # data.path, which the output may not be inside
+    def __init__(self, reads: str | None = None) -> None:
+        self.reads = reads  # data.path, which the output may not be inside
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.sorts:  # not into the image folder the run reads
-            self._outside(Path(self.sorts).expanduser().resolve(), config, "run")
+        if self.reads:  # not into the image folder the run reads
+            self._outside(Path(self.reads).expanduser().resolve(), config, "run")
         self._check(config, "run")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.sorts:
-            self._outside(Path(self.sorts).expanduser().resolve(), config, "sweep")
+        # a swept data.path=a,b is not in the sweep's config (??? there): each of its values
+        given = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        swept = [
+            v for o in given if o.key_or_group == "data.path" and o.is_choice_sweep() for v in o.sweep_string_iterator()
+        ]
+        for folder in [self.reads] if self.reads else swept:
+            self._outside(Path(folder).expanduser().resolve(), config, "sweep")
         self._check(config, "sweep")
 
     @staticmethod
@@ -282,7 +288,8 @@ def trained_checkpoint(path: str | Path, given: str | None = None) -> Path:
         raise InputError(f"{given}: no such file or folder")
     if file.is_dir():
         model = file / "checkpoints" / "refine" / "last.ckpt"
-        started = model.is_file() or (file / CONFIG).is_file() or (file / "checkpoints").is_dir()
+        # a training run's (a predict's folder, or a run refused before pretraining, has its config alone)
+        started = model.is_file() or (file / "checkpoints").is_dir() or (file / "autoencoder.pt").is_file()
         if not (file / FINISHED).is_file() and started:
             again = (  # a command-line run has its Hydra config; a DeepClustering.fit's has not
                 f"python train.py {override('resume', path)}"
@@ -354,6 +361,16 @@ def say_when_stopped(run_dir: Path) -> None:
     current = signal.getsignal(signal.SIGTERM)
     if current is signal.SIG_DFL or isinstance(current, StoppedBySigterm):
         signal.signal(signal.SIGTERM, StoppedBySigterm(run_dir))
+
+
+def log_any_file_name() -> None:
+    """The run's log file (train.log, predict.log) writes a file name that is not UTF-8 as the console
+    does (\\udce9), where Python's strict encoding dropped the line, even the run's last error, with
+    '--- Logging error ---' (until 2026-12-06). Set here rather than in the configs' hydra.job_logging,
+    which would give Hydra's other logging options (disabled, stdout) a file handler of one key."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None:
+            handler.stream.reconfigure(errors="backslashreplace")
 
 
 def back_to_launch_dir() -> None:

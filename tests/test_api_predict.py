@@ -66,6 +66,9 @@ def test_load_names_what_is_wrong_with_a_run_folder(pretrained_digits, tmp_path)
     # a run stopped in pretraining: until 2026-12-06 "neither a finished run's folder ..."
     for done in ("metrics.json", "autoencoder.pt", "checkpoints/refine"):
         shutil.rmtree(pretraining / done) if (pretraining / done).is_dir() else (pretraining / done).unlink()
+    predicted = tmp_path / "predictions"  # a predict's folder
+    (predicted / ".hydra").mkdir(parents=True)
+    shutil.copy(pretrained_digits / ".hydra" / "config.yaml", predicted / ".hydra")
     for run, message in [
         (
             pretraining,
@@ -78,6 +81,7 @@ def test_load_names_what_is_wrong_with_a_run_folder(pretrained_digits, tmp_path)
             f"a finished run's folder without its model ({no_model / 'checkpoints/refine/last.ckpt'} is missing)",
         ),
         (tmp_path, "neither a finished run's folder nor a refinement checkpoint"),
+        (predicted, "neither a finished run's folder nor a refinement checkpoint"),  # its config alone: not a run
     ]:
         with pytest.raises(InputError) as err:
             DeepClustering.load(str(run))

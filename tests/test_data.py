@@ -431,7 +431,7 @@ def test_a_data_set_that_cannot_be_downloaded_is_one_line_and_leaves_no_empty_fo
     # until 2026-12-06 its first line alone, 'cannot load MNIST (Error downloading train-images-idx3-ubyte.gz:'
     assert str(e.value) == (
         f"data.root={tmp_path / 'data'}: cannot load MNIST (Error downloading train-images-idx3-ubyte.gz: Tried "
-        "https://a/, got: <no network>); without a network, put its files in data.root first, or give the arrays "
-        "as data=npz data.path=FILE.npz"
+        f"https://a/, got: <no network>); without a network, put its files in {tmp_path / 'data' / 'MNIST' / 'raw'} "
+        "first, or give the arrays as data=npz data.path=FILE.npz"
     )
     assert list(tmp_path.iterdir()) == []  # the folders the attempt made are gone

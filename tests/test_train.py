@@ -211,11 +211,13 @@ def test_a_run_whose_output_would_be_inside_its_image_folder_is_refused(tmp_path
         (images / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.new("L", (8, 8), 60 * i).save(images / f"c{i % 2}" / f"{i}.png")
     (tmp_path / "link").symlink_to(images)
+    (tmp_path / "other").mkdir()
     listed = sorted(images.rglob("*"))
     for args, mode in [
         (["data.path=."], "run"),  # outputs/DATE/TIME in the folder
         ([f"data.path={tmp_path / 'link'}", f"hydra.run.dir={images / 'run'}"], "run"),
         (["data.path=.", "seed=0,1", "-m"], "sweep"),
+        ([f"data.path={tmp_path / 'other'},.", "-m"], "sweep"),  # swept: each value checked (??? in the sweep's config)
     ]:
         cmd = [sys.executable, str(ROOT / "train.py"), "data=image_folder", *args]
         proc = subprocess.run(cmd, cwd=images, capture_output=True, text=True, timeout=600)
@@ -223,6 +225,14 @@ def test_a_run_whose_output_would_be_inside_its_image_folder_is_refused(tmp_path
         assert said.startswith(f"error: hydra.{mode}.dir={images}/"), said
         assert f"is inside data.path={images}: the run would write into the image folder it reads" in said, said
         assert sorted(images.rglob("*")) == listed  # nothing written there, not even the new folder
+
+
+@pytest.mark.parametrize("option", ["disabled", "stdout"])
+def test_hydras_other_logging_options_run(tmp_path, option):
+    # the log file's errors=backslashreplace, set in configs/train.yaml for an hour on 2026-12-06, gave
+    # these options a file handler of one key, and Hydra a ValueError before any run
+    proc = run_train(tmp_path / "run", f"hydra/job_logging={option}", "+model.depth=3", check=False)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown config key 'model.depth'"), proc.stderr
 
 
 @pytest.mark.parametrize(
