@@ -120,14 +120,23 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
     dec = dec_module(cfg, autoencoder, [data.channels, *data.image_size], graphed, codes, list(data.pixel_range))
     datamodule = ImageDataModule(data, cfg.refine.batch_size, cfg.seed, **(cfg.augment if cfg.refine.augment else {}))
     fit(trainer, dec, datamodule, run_dir / "checkpoints" / "refine")
+    # ddp_spawn's launcher hands back the weights and buffers, not the loop's counters: the step the
+    # final checkpoint holds (until 2026-12-06 metrics.json said 0 steps under ddp_spawn)
+    steps = (
+        trainer.global_step
+        or torch.load(
+            run_dir / "checkpoints" / "refine" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True
+        )["global_step"]
+    )
     if dec.converged:
         changed = round(float(dec.delta_label) * len(data))
         why = (
-            f"{changed} of {len(data)} labels changed at the last refresh of P, fewer than refine.tol={cfg.refine.tol}"
+            f"{changed} of {len(data)} labels ({float(dec.delta_label):.4f}) changed at the last refresh of P, "
+            f"fewer than refine.tol={cfg.refine.tol}"
         )
     else:
         why = f"refine.max_iters={cfg.refine.max_iters} reached"
-    log.info("refinement stopped at step %d: %s", trainer.global_step, why)
+    log.info("refinement stopped at step %d: %s", steps, why)
     seconds["kmeans"] = float(dec.kmeans_seconds)
     seconds["refine"] = time.perf_counter() - start - seconds["kmeans"]
 
@@ -154,7 +163,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         "n_clusters_found": sum(size > 0 for size in sizes),  # fewer when refinement left clusters empty
         # the trainer's, restored from the checkpoint: a run resumed at its last step skips the fit
         # loop and its on_train_end (DECModule's steps buffer, set there, stayed 0 until 2026-12-06)
-        "refine_iterations": trainer.global_step,
+        "refine_iterations": steps,
         "refreshes_of_p": int(dec.n_refresh),
         "stopped_by": "tol" if dec.converged else "max_iters",
         "seconds": None,  # filled in last, with the export's
@@ -176,7 +185,7 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
         codes.cpu(),
         pred.cpu(),
         data.labels,
-        trainer.global_step,
+        steps,
         data.class_names,
         tsne=tsne,
     )
