@@ -140,8 +140,13 @@ class LastCheckpoint(Checkpoint):
             trainer.save_checkpoint(Path(trainer.default_root_dir) / "last.ckpt", weights_only=False)
             self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
 
-    def _due(self) -> bool:
-        return time.monotonic() - self.saved_at >= self.min_interval_s
+    def _due(self, trainer: L.Trainer) -> bool:
+        due = time.monotonic() - self.saved_at >= self.min_interval_s
+        if trainer.world_size > 1:  # a save is collective: one decision, the first process's clock (as
+            # Lightning's ModelCheckpoint does); until 2026-12-06 each process's, and where they differed
+            # one saved while the other stepped on, and the run hung
+            due = trainer.strategy.broadcast(due, src=0)
+        return due
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # here, after Lightning set its handlers and took note of those it restores when the fit ends
@@ -200,11 +205,11 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._act_on_signals(trainer)
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and self._due():
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and self._due(trainer):
             self.save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self._due():
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self._due(trainer):
             self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -370,6 +370,46 @@ def test_ddp_training_steps_agree_on_signals_every_ddp_every_steps_not_at_every_
         assert restored
 
 
+def _skewed_clock_worker(rank: int, port: int, out: str) -> None:
+    """One of two DDP processes (gloo) whose clocks disagree: the second's runs 1,000 times fast, so
+    by its own clock a checkpoint is due at every step, by the first's never after the first."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from deep_clustering import callbacks
+    from tests.test_refine import refinement
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank), NODE_RANK="0")
+    if rank == 1:
+        callbacks.time = SimpleNamespace(monotonic=lambda: time.monotonic() * 1000)
+    data = load_digits()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(timeout=timedelta(seconds=30)),  # a hang fails the test rather than stalling it
+        logger=False,
+        callbacks=[LastCheckpoint(every_n_steps=1, min_interval_s=60)],
+        default_root_dir=out,
+        max_steps=20,
+        max_epochs=-1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # ImageDataModule shards the batches itself
+    )
+    trainer.fit(refinement(data, ConvAutoencoder(1, (8, 8)).state_dict()), ImageDataModule(data, 64, seed=0))
+    torch.save(trainer.global_step, f"{out}/steps.{rank}")
+
+
+def test_ddp_processes_whose_clocks_disagree_save_together(tmp_path):
+    # a save is collective: until 2026-12-06 each process asked its own clock whether one was due, and
+    # where they disagreed one saved while the other stepped on: the run hung (SIGTERM could not stop it)
+    spawn(_skewed_clock_worker, free_port(), str(tmp_path))
+    assert [torch.load(tmp_path / f"steps.{rank}") for rank in range(2)] == [20, 20]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 20
+
+
 def test_each_epochs_loss_is_on_disk_before_its_checkpoint(tmp_path):
     """A run killed just after a checkpoint resumes from it and never logs again what came before it,
     so every epoch's mean loss must be written before the checkpoint of that epoch's end. (Lightning
