@@ -550,7 +550,10 @@ def random_affine(x: Tensor, shift: float, rotation: float, gen: torch.Generator
     angle = u[:, 0] * rotation * math.pi / 180
     cos, sin = angle.cos(), angle.sin()
     tx, ty = u[:, 1] * shift * 2, u[:, 2] * shift * 2  # affine_grid's coordinates span [-1, 1]
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    # the rotation in pixels, where [-1, 1] spans W across and H down: aspect = H / W (1 for square
+    # images; until 2026-12-06 1 for all, a shear and a stretch where H != W)
+    aspect = x.shape[2] / x.shape[3]
+    theta = torch.stack([torch.stack([cos, -sin * aspect, tx], 1), torch.stack([sin / aspect, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

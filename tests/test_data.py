@@ -1,4 +1,5 @@
 import logging
+import math
 import os
 from functools import partial
 
@@ -377,6 +378,23 @@ def test_random_affine_is_repeatable_and_bounded():
         ys, xs = torch.nonzero(img[0] > 0.5, as_tuple=True)
         assert abs(ys.float().mean() - 9.5) <= 2.5 and abs(xs.float().mean() - 9.5) <= 2.5
     torch.testing.assert_close(random_affine(x, 0.0, 0.0, torch.Generator()), x)
+
+
+@pytest.mark.parametrize("shape", [(61, 61), (21, 61), (61, 21)])
+def test_random_affine_rotates_images_that_are_not_square_rigidly(shape):
+    # until 2026-12-06 the rotation was built in affine_grid's [-1, 1] square: where H != W a shear and
+    # a stretch (a dot 10 px right of centre, turned 46 degrees, landed 8.2 px away at 14 degrees)
+    from deep_clustering.data import random_affine
+
+    h, w = shape
+    x = torch.zeros(1, 1, h, w)
+    x[0, 0, h // 2, w // 2 + 10] = 1  # a dot 10 px right of the centre
+    drawn = float(torch.rand(1, 3, generator=torch.Generator().manual_seed(1))[0, 0] * 2 - 1) * 90  # 46.4
+    y = random_affine(x, 0.0, 90.0, torch.Generator().manual_seed(1))[0, 0]
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    dy, dx = float((y * rows).sum() / y.sum()) - h // 2, float((y * cols).sum() / y.sum()) - w // 2
+    assert math.hypot(dy, dx) == pytest.approx(10, abs=0.1)  # as far from the centre
+    assert -math.degrees(math.atan2(dy, dx)) == pytest.approx(drawn, abs=0.5)  # turned by the angle drawn
 
 
 def test_a_run_resumed_on_images_of_another_size_is_refused_before_its_weights_load(tmp_path):
