@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deep_clustering.config import INIT_CHOICES
+from deep_clustering.config import INIT_CHOICES, is_whole
 from deep_clustering.errors import InputError, TrainingError, either
 
 
@@ -170,6 +170,10 @@ class KMeansInit:
         for key, value in (("backend", backend), ("manifold", manifold), ("clusterer", clusterer)):
             if value not in INIT_CHOICES[key]:
                 raise InputError(f"init.{key}={value!r} must be {either(INIT_CHOICES[key])}")
+        if not (is_whole(manifold_samples) and manifold_samples >= n_clusters):  # a subset to cluster into K
+            raise InputError(
+                f"init.manifold_samples={manifold_samples!r} must be a whole number, at least n_clusters={n_clusters}"
+            )
         self.n_clusters, self.n_init, self.seed = n_clusters, n_init, seed
         self.backend, self.manifold, self.clusterer = backend, manifold, clusterer
         self.manifold_samples, self.tsne_iters, self.tsne_lr_scale = manifold_samples, tsne_iters, tsne_lr_scale

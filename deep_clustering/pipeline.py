@@ -70,6 +70,10 @@ def train(cfg: DictConfig, data: ImageSet, run_dir: Path, started: float | None 
             instantiate(cfg[stage].optimizer)([torch.nn.Parameter(torch.zeros(1))])
         except (ValueError, TypeError, RuntimeError) as e:
             raise InputError(f"{stage}.optimizer: {e}") from None
+    try:  # the initializer checks its settings as it is made: now, not after pretraining
+        instantiate(cfg.init, n_clusters=cfg.n_clusters, seed=cfg.seed)
+    except InstantiationException as e:
+        raise (e.__cause__ if isinstance(e.__cause__, InputError) else e) from None
     if cfg.n_clusters > len(data):
         images = f"{len(data)} image{'s' if len(data) > 1 else ''}"
         raise InputError(f"n_clusters={cfg.n_clusters} is more than the {images} of the data set")
@@ -338,10 +342,14 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoard
             **limits,
         )
     except InstantiationException as e:  # trainer=gpu without a GPU, more devices than there are: one line
-        if not isinstance(e.__cause__, MisconfigurationException):
-            raise
-        asked = f"trainer.accelerator={cfg.trainer.accelerator} trainer.devices={cfg.trainer.devices}"
-        raise InputError(f"{asked}: {e.__cause__}") from None
+        if isinstance(e.__cause__, MisconfigurationException):
+            asked = f"trainer.accelerator={cfg.trainer.accelerator} trainer.devices={cfg.trainer.devices}"
+            raise InputError(f"{asked}: {e.__cause__}") from None
+        if isinstance(e.__cause__, ValueError):  # an unknown trainer.strategy or trainer.precision (Lightning's words)
+            raise InputError(
+                f"trainer: {str(e.__cause__).splitlines()[0]}"
+            ) from None  # Hydra's many lines until 2026-12-06
+        raise
 
 
 def _peak_memory_mb(device: torch.device) -> dict[str, float | None]:

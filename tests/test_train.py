@@ -129,6 +129,11 @@ def test_default_digits_run_reaches_its_accuracy(tmp_path):
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: trainer=gpu trains"),
         ),
         (["+model.depth=3"], "error: unknown config key 'model.depth'"),
+        (  # until 2026-12-06 Hydra's many lines, and a traceback after pretraining
+            ["trainer.strategy=foo"],
+            "error: trainer: You selected an invalid strategy name: `strategy='foo'`",
+        ),
+        (["init.manifold_samples=5"], "error: init.manifold_samples=5 must be a whole number, at least n_clusters=10"),
         (["data=image_folder", "data.path={empty}"], "error: data.path={empty}: the folder holds no files"),
         (  # a Windows zip's Latin-1 name: until 2026-12-06 train.log lost the line ('--- Logging error ---')
             ["data=image_folder", "data.path={latin1}"],
