@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from deep_clustering import runs
@@ -47,6 +47,8 @@ def main(cfg: DictConfig) -> float:
         choices = dict(HydraConfig.get().runtime.choices)
         if cfg.resume:
             cfg, choices = runs.resumed_config(cfg, list(HydraConfig.get().overrides.task), run_dir, choices)
+            if HydraConfig.get().output_subdir:  # the config it resumes with, where Hydra saved the defaults'
+                OmegaConf.save(cfg, run_dir / HydraConfig.get().output_subdir / "config.yaml")  # (until 2026-12-06)
             log.info("resuming the run in %s", run_dir)
         check_config(cfg, reference_config(choices, HydraConfig.get().job.config_name))
         # torch and Lightning (about 9 s to import on 2 cores) only now: a mistyped key, a refused

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deep_clustering import runs
@@ -476,6 +477,11 @@ def test_a_run_resumed_after_its_last_step_counts_its_steps(pretrained_digits, t
     run_train(run, f"resume={run}")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["resumed"] and metrics["refine_iterations"] == 1  # pretrained_digits: refine.max_iters=1
+    # the resume's own record holds the config it ran with (until 2026-12-06 the defaults': max_iters 20000)
+    [resumed] = [OmegaConf.load(f) for f in (run / ".hydra").glob("resumed-*/config.yaml")]
+    assert resumed.resume == str(run)
+    resumed.resume = None
+    assert resumed == OmegaConf.load(run / ".hydra" / "config.yaml")
 
 
 @pytest.mark.parametrize("damage", ["config", "checkpoint", "pretraining", "autoencoder"])
