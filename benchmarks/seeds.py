@@ -43,6 +43,8 @@ def main() -> None:
     seed_list = range(args.first_seed, args.first_seed + args.seeds)
     seeds = ",".join(str(s) for s in seed_list)
     sweep = args.from_sweep or ROOT / "multirun" / f"seeds-{args.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    # the code the sweep runs (its jobs import it once, as it starts): HEAD now, not when they end
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if not args.from_sweep:
         cmd = [sys.executable, "train.py", "-m", f"seed={seeds}", *args.overrides, f"hydra.sweep.dir={sweep}"]
         cmd += ["hydra.sweep.subdir=${seed}", "trainer.enable_progress_bar=false"]
@@ -57,9 +59,7 @@ def main() -> None:
         else f"cpu: {cpu_name()}, {torch.get_num_threads()} threads",
         "date": datetime.date.today().isoformat(),
         # the last digits depend on the CPU's vector unit (AVX-512 or AVX2) and on the code
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit.stdout.strip(),
         "n_samples": runs[0]["n_samples"],
         "seeds": list(seed_list),
         "refine_iterations": [r["refine_iterations"] for r in runs],  # fewer where tol stopped a run early
