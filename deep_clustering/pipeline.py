@@ -345,10 +345,9 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, logger: TensorBoard
         if isinstance(e.__cause__, MisconfigurationException):
             asked = f"trainer.accelerator={cfg.trainer.accelerator} trainer.devices={cfg.trainer.devices}"
             raise InputError(f"{asked}: {e.__cause__}") from None
-        if isinstance(e.__cause__, ValueError):  # an unknown trainer.strategy or trainer.precision (Lightning's words)
-            raise InputError(
-                f"trainer: {str(e.__cause__).splitlines()[0]}"
-            ) from None  # Hydra's many lines until 2026-12-06
+        # an unknown trainer.strategy or trainer.precision, in Lightning's words (Hydra's many lines until 2026-12-06)
+        if isinstance(e.__cause__, ValueError):
+            raise InputError(f"trainer: {str(e.__cause__).splitlines()[0]}") from None
         raise
 
 

@@ -157,7 +157,7 @@ class FreshFolder(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.reads:  # not into the image folder the run reads
-            self._outside(Path(self.reads).expanduser().resolve(), config, "run")
+            self._outside(self.reads, config, "run")
         self._check(config, "run")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -167,7 +167,7 @@ class FreshFolder(Callback):
             v for o in given if o.key_or_group == "data.path" and o.is_choice_sweep() for v in o.sweep_string_iterator()
         ]
         for folder in [self.reads] if self.reads else swept:
-            self._outside(Path(folder).expanduser().resolve(), config, "sweep")
+            self._outside(folder, config, "sweep")
         self._check(config, "sweep")
 
     @staticmethod
@@ -194,11 +194,12 @@ class FreshFolder(Callback):
         hold(folder)
 
     @staticmethod
-    def _outside(source: Path, config: DictConfig, mode: str) -> None:
-        """Refuse a run whose output folder is inside the image folder it reads, `source` (resolved):
-        it wrote its files into the user's folder, and the next run there read them as images (a
-        training run its sprites, a predict the first one's copies and contact sheets; until
+    def _outside(reads: str, config: DictConfig, mode: str) -> None:
+        """Refuse a run whose output folder is inside the image folder it reads, `reads` (compared
+        resolved): it wrote its files into the user's folder, and the next run there read them as
+        images (a training run its sprites, a predict the first one's copies and contact sheets; until
         2026-12-06, and through a linked folder or `..` until later that day)."""
+        source = Path(reads).expanduser().resolve()
         if not source.is_dir() or started_for_another_rank():
             return
         HydraConfig.instance().set_config(config)

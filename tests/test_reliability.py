@@ -12,6 +12,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -322,6 +323,23 @@ class OnDiskAtEachSave(L.Callback):
         self.seen.append((checkpoint["global_step"], steps))
 
 
+def _two_process_trainer(out: str, strategy: Any, checkpoint: LastCheckpoint, steps: int) -> L.Trainer:
+    """The Trainer of one of two DDP processes (gloo) refining for `steps` steps with `checkpoint`."""
+    return L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        logger=False,
+        callbacks=[checkpoint],
+        default_root_dir=out,
+        max_steps=steps,
+        max_epochs=-1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # ImageDataModule shards the batches itself
+    )
+
+
 def _ddp_collectives_worker(rank: int, port: int, out: str) -> None:
     """One of two processes of a DDP refinement (gloo) with LastCheckpoint: the steps at which its
     training steps broadcast and all-reduce, and whether Lightning's loop is as it was after the fit."""
@@ -339,19 +357,7 @@ def _ddp_collectives_worker(rank: int, port: int, out: str) -> None:
 
         setattr(torch.distributed, name, noted)
     data = load_digits()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        logger=False,
-        callbacks=[LastCheckpoint()],
-        default_root_dir=out,
-        max_steps=100,
-        max_epochs=-1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # ImageDataModule shards the batches itself
-    )
+    trainer = _two_process_trainer(out, "ddp", LastCheckpoint(), 100)
     trainer.fit(refinement(data, ConvAutoencoder(1, (8, 8)).state_dict()), ImageDataModule(data, 64, seed=0))
     restored = "_broadcast_sigterm_tensor" not in vars(trainer.fit_loop.epoch_loop)
     torch.save((steps, restored), f"{out}/collectives.{rank}")
@@ -386,19 +392,8 @@ def _skewed_clock_worker(rank: int, port: int, out: str) -> None:
     if rank == 1:
         callbacks.time = SimpleNamespace(monotonic=lambda: time.monotonic() * 1000)
     data = load_digits()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=DDPStrategy(timeout=timedelta(seconds=30)),  # a hang fails the test rather than stalling it
-        logger=False,
-        callbacks=[LastCheckpoint(every_n_steps=1, min_interval_s=60)],
-        default_root_dir=out,
-        max_steps=20,
-        max_epochs=-1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # ImageDataModule shards the batches itself
-    )
+    strategy = DDPStrategy(timeout=timedelta(seconds=30))  # a hang fails the test rather than stalling it
+    trainer = _two_process_trainer(out, strategy, LastCheckpoint(every_n_steps=1, min_interval_s=60), 20)
     trainer.fit(refinement(data, ConvAutoencoder(1, (8, 8)).state_dict()), ImageDataModule(data, 64, seed=0))
     torch.save(trainer.global_step, f"{out}/steps.{rank}")
 
